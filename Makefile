@@ -1,0 +1,39 @@
+# Switchyard. `make demo` runs the main job; `make test` is what CI runs.
+GO      ?= go
+BIN     ?= bin
+PKGS    := ./...
+
+.PHONY: build test test-race test-allocs e2e demo bench lint fuzz-short peerbench clean
+
+build:
+	$(GO) build -o $(BIN)/switchyard ./cmd/switchyard
+	$(GO) build -o $(BIN)/vllm-router ./cmd/vllm-router
+
+# The whole suite: race-enabled unit and socket tests, the allocation proofs (which the
+# race detector would distort), and the end-to-end tests with the OpenAI Node SDK and SLURM.
+test: lint test-race test-allocs e2e
+
+test-race:
+	$(GO) test -race -count=1 $(PKGS)
+
+test-allocs:
+	$(GO) test -count=1 -tags allocs -run 'Alloc' $(PKGS)
+
+e2e: build
+	bash bench/e2e/run.sh
+
+demo: build
+	$(BIN)/switchyard demo
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./policy/ ./router/ ./pd/
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go') 2>/dev/null); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+fuzz-short:
+	$(GO) test -run '^$$' -fuzz . -fuzztime 20s ./pd/
+
+clean:
+	rm -rf $(BIN)
