@@ -344,10 +344,13 @@ func WaitHealthy(ctx context.Context, baseURL, endpoint, apiKey string, interval
 		case <-timer.C:
 		}
 		pctx, cancel := context.WithTimeout(ctx, StartupProbeTimeout)
-		last = probe(pctx, client, base+endpoint, apiKey)
+		err := probe(pctx, client, base+endpoint, apiKey)
 		cancel()
-		if last == nil {
+		if err == nil {
 			return nil
+		}
+		if ctx.Err() == nil || last == nil {
+			last = err // keep the last real answer, not one cut short by ctx
 		}
 		timer.Reset(interval)
 	}
