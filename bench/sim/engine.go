@@ -163,10 +163,7 @@ func (s *Server) sleep(d time.Duration) bool {
 func scale(d time.Duration, f float64) time.Duration { return time.Duration(float64(d) * f) }
 
 func (s *Server) updateKVUsage(engine string) {
-	_, leased := 0, 0
-	if s.leases != nil {
-		_, leased = s.leases.active()
-	}
+	_, leased := s.leases.active()
 	used := float64(s.runningBlocks.Load()+int64(leased)) / float64(s.cfg.CacheBlocks)
 	s.metrics.kvUsage.WithLabelValues(s.cfg.Model, engine).Set(min(used, 1))
 }
@@ -268,6 +265,9 @@ func (s *Server) run(g *genRequest, emit func(i int, finish string) error) (*gen
 			return res, err
 		}
 	}
+	// As in vLLM, the KV of generated tokens is cached too, so the next turn of a
+	// conversation (prompt + this answer + more) hits past this prompt.
+	s.cache.store(blockHashes(append(append(make([]int, 0, len(g.prompt)+n), g.prompt...), res.tokens...), s.cfg.BlockSize))
 	s.stats.completed.Add(1)
 	s.metrics.success.WithLabelValues(model, engine, finish).Inc()
 	s.metrics.e2e.WithLabelValues(model, engine).Observe(time.Since(start).Seconds())

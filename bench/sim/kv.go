@@ -94,8 +94,15 @@ type leaseTable struct {
 	closed    bool
 }
 
-func newLeaseTable(engineID string, onExpire func()) *leaseTable {
-	return &leaseTable{engineID: engineID, onExpire: onExpire, leases: make(map[string]*kvLease)}
+func newLeaseTable(onExpire func()) *leaseTable {
+	return &leaseTable{onExpire: onExpire, leases: make(map[string]*kvLease)}
+}
+
+// setEngineID names the engine whose leases this table holds (known once serving).
+func (t *leaseTable) setEngineID(id string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.engineID = id
 }
 
 // issue leases nblocks fresh block ids to requestID for d.

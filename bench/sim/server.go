@@ -129,6 +129,7 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 		},
 	}
 	s.stats.byEngine = make(map[string]uint64)
+	s.leases = newLeaseTable(s.leaseExpired)
 	for _, k := range cfg.APIKeys {
 		s.apiKeys = append(s.apiKeys, sha256.Sum256([]byte(k)))
 	}
@@ -165,7 +166,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	if s.engineID == "" {
 		s.engineID = fmt.Sprintf("sim-%016x", xxhash.Sum64String(s.name))
 	}
-	s.leases = newLeaseTable(s.engineID, s.leaseExpired)
+	s.leases.setEngineID(s.engineID)
 
 	sideAddr := addr
 	var sideLn net.Listener
@@ -223,9 +224,7 @@ func mustAtoi(s string) int {
 // connections to close. Pending KV leases are dropped uncounted.
 func (s *Server) Shutdown() error {
 	s.stop.Do(func() { close(s.closing) })
-	if s.leases != nil {
-		s.leases.close()
-	}
+	s.leases.close()
 	errs := []error{s.shutdownHTTP(s.srv)}
 	if s.sideSrv != nil {
 		errs = append(errs, s.shutdownHTTP(s.sideSrv))
@@ -261,9 +260,7 @@ func (s *Server) Stats() Stats {
 		CachedBlocks: s.cache.blocks(),
 		ByEngine:     make(map[string]uint64),
 	}
-	if s.leases != nil {
-		st.LeasesActive, _ = s.leases.active()
-	}
+	st.LeasesActive, _ = s.leases.active()
 	c.mu.Lock()
 	for k, v := range c.byEngine {
 		st.ByEngine[k] = v
