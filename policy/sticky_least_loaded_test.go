@@ -118,8 +118,8 @@ func TestStickyLeastLoadedSteps(t *testing.T) {
 		},
 		{
 			name: "id over MaxSessionIDBytes is no session", workers: 2,
-			cfg:   StickyLeastLoadedConfig{MaxSessionIDBytes: 8},
-			steps: []stickyStep{pick("123456789", 1), pick("123456789", 0), pick("12345678", 1)},
+			cfg:      StickyLeastLoadedConfig{MaxSessionIDBytes: 8},
+			steps:    []stickyStep{pick("123456789", 1), pick("123456789", 0), pick("12345678", 1)},
 			sessions: 1,
 		},
 		{
@@ -127,7 +127,7 @@ func TestStickyLeastLoadedSteps(t *testing.T) {
 			cfg: StickyLeastLoadedConfig{MaxSessions: 2, TTL: time.Hour, SweepInterval: time.Minute},
 			steps: []stickyStep{
 				pick("s1", 0), pick("s2", 1),
-				pick("s3", 1), // not recorded; rendezvous among the tied
+				pick("s3", 1),                                    // not recorded; rendezvous among the tied
 				{op: "advance", d: 2 * time.Hour}, pick("s3", 1), // sweep drops s1, s2; s3 recorded
 			},
 			sessions: 1,
