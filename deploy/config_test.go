@@ -63,7 +63,7 @@ func TestParseDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := &Config{Model: "m", TP: 1, Replicas: 1, RouterPolicy: "consistent_hash", SessionHeaders: []string{"x-session-id"},
-		VLLMExtra: map[string]any{},
+		VLLMExtra:  map[string]any{},
 		Deployment: Deployment{Type: SingleNode, NumNodes: 1, GPUsPerNode: 8, RouterPort: 8000, BackendPort: 8100}}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got  %+v\nwant %+v", cfg, want)
