@@ -1,0 +1,117 @@
+package router
+
+import (
+	"crypto/subtle"
+	"sync"
+
+	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
+
+	"github.com/switchyard/switchyard/policy"
+)
+
+// handle is the fasthttp entry point: control routes are answered by the router itself,
+// everything else is proxied to a worker. The x-request-id header is set on every answer.
+func (s *Server) handle(ctx *fasthttp.RequestCtx) {
+	ex := acquireExchange(s)
+	r := classify(ctx.Path())
+	ex.route = r
+	rid, buf := requestID(&ctx.Request.Header, s.ridHeaders, r, ex.ridBuf)
+	ex.ridBuf = buf
+	if h := s.controlRoute(ctx); h != nil {
+		h(ctx)
+	} else if s.apiKey != nil && !s.authorized(ctx, s.apiKey) {
+		writeErr(ctx, errUnauthorized)
+	} else {
+		s.proxy(ctx, ex, rid)
+	}
+	ctx.Response.Header.SetBytesV("x-request-id", rid)
+	ex.handlerDone()
+}
+
+// authorized checks "Authorization: Bearer <key>" in constant time.
+func (s *Server) authorized(ctx *fasthttp.RequestCtx, want []byte) bool {
+	got := ctx.Request.Header.Peek(fasthttp.HeaderAuthorization)
+	return subtle.ConstantTimeCompare(got, want) == 1
+}
+
+// handleParseError answers requests fasthttp could not read: oversized bodies, malformed
+// or smuggling-shaped headers, slow clients.
+func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
+	if ce := s.log.Check(zap.DebugLevel, "bad request"); ce != nil {
+		ce.Write(zap.Error(err))
+	}
+	switch {
+	case err == fasthttp.ErrBodyTooLarge:
+		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, errBodyTooLarge.Error())
+	case isTimeout(err):
+		writeError(ctx, fasthttp.StatusRequestTimeout, "request not received in time")
+	default:
+		writeError(ctx, fasthttp.StatusBadRequest, "malformed HTTP request")
+	}
+	ctx.SetConnectionClose()
+}
+
+// session-key headers, in vllm-router's order (hash_key.rs): the sticky chain first, then
+// the per-request ids that only the hashing policies fall back to.
+var (
+	sessionHeaders = [][]byte{[]byte("X-Session-ID"), []byte("X-User-ID"), []byte("X-Tenant-ID"), []byte("X-Correlation-ID")}
+	requestHeaders = [][]byte{[]byte("X-Request-ID"), []byte("X-Trace-ID")}
+)
+
+func firstHeader(h *fasthttp.RequestHeader, names [][]byte) []byte {
+	for _, n := range names {
+		if v := h.PeekBytes(n); len(v) > 0 {
+			return v
+		}
+	}
+	return nil
+}
+
+// fillPolicyRequest computes only the request facts the configured policies read.
+func (s *Server) fillPolicyRequest(pr *policy.Request, ctx *fasthttp.RequestCtx, ex *exchange) {
+	if s.inputs == 0 {
+		return
+	}
+	h := &ctx.Request.Header
+	session := firstHeader(h, sessionHeaders)
+	var body []byte
+	bodySession := func() []byte {
+		if body == nil {
+			body = policy.SessionIDFromBody(ctx.Request.Body())
+		}
+		return body
+	}
+	if s.inputs&policy.InputSessionID != 0 {
+		pr.SessionID = session
+		if pr.SessionID == nil {
+			pr.SessionID = bodySession()
+		}
+	}
+	if s.inputs&policy.InputKey != 0 {
+		pr.Key = session
+		if pr.Key == nil {
+			pr.Key = firstHeader(h, requestHeaders)
+		}
+		if pr.Key == nil {
+			pr.Key = bodySession()
+		}
+	}
+	if s.inputs&policy.InputText != 0 {
+		ex.textBuf = policy.PromptText(ex.textBuf[:0], ctx.Request.Body())
+		pr.Text = ex.textBuf
+	}
+}
+
+// exchangePool recycles per-request state; nothing in it refers to a RequestCtx.
+var exchangePool sync.Pool
+
+func acquireExchange(s *Server) *exchange {
+	ex, _ := exchangePool.Get().(*exchange)
+	if ex == nil {
+		ex = &exchange{}
+	}
+	ex.s = s
+	ex.refs.Store(1)
+	return ex
+}

@@ -1,0 +1,212 @@
+package router
+
+import (
+	"bytes"
+	"errors"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
+
+	"github.com/switchyard/switchyard/health"
+	"github.com/switchyard/switchyard/pd"
+)
+
+// pdRoute reports whether a route goes through the two-stage prefill/decode flow.
+func pdRoute(r route) bool {
+	switch r {
+	case routeChat, routeCompletions, routeGenerate, routeResponses:
+		return true
+	}
+	return false
+}
+
+// prefillAttempts: the first prefill worker, then one other, then decode alone.
+const prefillAttempts = 2
+
+// prefillTimeout bounds a prefill leg when no --request-timeout-secs is set: prefill of
+// even a very long prompt takes minutes, not hours.
+const prefillTimeout = 30 * time.Minute
+
+// proxyPD runs one request as vLLM's NIXL disaggregation expects: prefill (the client's
+// body with one token, no stream and kv_transfer_params asking for a remote decode), then
+// decode (the client's body carrying the kv_transfer_params prefill returned), streamed
+// to the client exactly like a regular response. One request id covers both legs.
+func (s *Server) proxyPD(ctx *fasthttp.RequestCtx, ex *exchange, rid []byte, snap *snapshot) {
+	if !s.limiter.acquire() {
+		s.metrics.queueRejected.Inc()
+		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
+		s.fail(ctx, ex, errOverloaded)
+		return
+	}
+	ex.limited, ex.pd = true, true
+	ex.start = time.Now()
+	s.fillPolicyRequest(&ex.preq, ctx, ex)
+	kind, _ := pd.KindFromPath(ctx.Path())
+	orig := ctx.Request.Body()
+	var err error
+	ex.pdBuf, err = pd.PrefillBody(ex.pdBuf[:0], kind, orig)
+	if err != nil {
+		s.fail(ctx, ex, errors.Join(errBadRequest, errors.New("invalid JSON body: "+err.Error())))
+		return
+	}
+	leg := fasthttp.AcquireRequest()
+	defer fasthttp.ReleaseRequest(leg)
+	pd.PrepareLeg(leg, &ctx.Request, rid, ex.pdBuf)
+	if s.apiKey != nil {
+		leg.Header.SetBytesV(fasthttp.HeaderAuthorization, s.apiKey)
+	}
+	deadline := time.Now().Add(prefillTimeout)
+	if s.cfg.RequestTimeout > 0 {
+		deadline = ex.start.Add(s.cfg.RequestTimeout)
+	}
+
+	var kv []byte
+	for attempt := 0; attempt < prefillAttempts; attempt++ {
+		pb, perr := s.pick(s.prefillPolicy, ex, snap.prefillEPs, snap.prefill, snap)
+		if perr != nil {
+			break
+		}
+		if attempt > 0 {
+			s.metrics.pdRetries.Inc()
+		}
+		pb.begin()
+		t0 := time.Now()
+		body, status, lerr := pd.Prefill(ex.respBuf[:0], pb, leg, deadline)
+		ex.respBuf = body
+		pb.end()
+		pb.breaker.Record(outcomeOf(status, lerr))
+		s.metrics.pdPrefill.WithLabelValues(pb.id).Inc()
+		s.metrics.pdPhase.WithLabelValues("prefill").Observe(time.Since(t0).Seconds())
+		if lerr == nil {
+			if p, ok, kerr := pd.KVTransferParams(body); kerr == nil && ok {
+				kv = p
+			} else {
+				s.metrics.pdErrors.WithLabelValues("no_kv_transfer_params").Inc()
+			}
+			break
+		}
+		var le *pd.LegError
+		if errors.As(lerr, &le) && le.Outcome == pd.OutcomeClientError {
+			// The request itself is wrong: the client gets the worker's answer.
+			s.metrics.pdErrors.WithLabelValues("prefill_client_error").Inc()
+			ctx.SetStatusCode(status)
+			ctx.SetContentType("application/json")
+			ctx.SetBody(body)
+			s.complete(ex, status)
+			return
+		}
+		s.metrics.pdErrors.WithLabelValues("prefill_" + le.Outcome.String()).Inc()
+		if ce := s.log.Check(zap.DebugLevel, "prefill failed"); ce != nil {
+			ce.Write(zap.String("worker", pb.id), zap.Error(lerr))
+		}
+		s.avoidBackend(ex, pb)
+	}
+	decodeBody := orig
+	if kv == nil {
+		// No usable prefill: decode prefills locally, as vLLM's proxy does when prefill
+		// returns no params. Slower, but the request is served.
+		s.metrics.pdFallbacks.Inc()
+	} else {
+		ex.pdBuf, err = pd.DecodeBody(ex.pdBuf[:0], orig, kv)
+		if err != nil {
+			s.fail(ctx, ex, errors.Join(errBadRequest, errors.New("invalid JSON body: "+err.Error())))
+			return
+		}
+		decodeBody = ex.pdBuf
+	}
+	prefillResp := ex.respBuf
+	pd.PrepareLeg(leg, &ctx.Request, rid, decodeBody)
+	if s.apiKey != nil {
+		leg.Header.SetBytesV(fasthttp.HeaderAuthorization, s.apiKey)
+	}
+	ex.preq.Avoid = nil
+	if kind == pd.KindGenerate && kv != nil && wantsMerge(orig, prefillResp) {
+		s.decodeMerged(ctx, ex, snap, leg, prefillResp, bytes.Contains(orig, []byte(`"prompt_logprobs"`)))
+		return
+	}
+	attempts := 2 // a decode that failed before any byte reached the client: once more elsewhere
+	for attempt := 0; attempt < attempts; attempt++ {
+		db, derr := s.pick(s.decodePolicy, ex, snap.decodeEPs, snap.decode, snap)
+		if derr != nil {
+			err = derr
+			break
+		}
+		if err = s.forward(ctx, ex, db, leg, attempt == attempts-1); err == nil {
+			return
+		}
+		s.metrics.pdErrors.WithLabelValues("decode_" + errorType(err)).Inc()
+		s.avoidBackend(ex, db)
+	}
+	s.fail(ctx, ex, err)
+}
+
+func (s *Server) avoidBackend(ex *exchange, b *Backend) {
+	if len(ex.preq.Avoid) < len(ex.avoid) {
+		ex.avoid[len(ex.preq.Avoid)] = b
+		ex.preq.Avoid = ex.avoid[:len(ex.preq.Avoid)+1]
+	}
+}
+
+// wantsMerge: router replay (routed_experts) or prompt logprobs come from prefill and
+// must be stitched into decode's answer, so decode is read whole instead of streamed.
+func wantsMerge(clientBody, prefillResp []byte) bool {
+	if bytes.Contains(clientBody, []byte(`"stream":true`)) || bytes.Contains(clientBody, []byte(`"stream": true`)) {
+		return false
+	}
+	return bytes.Contains(prefillResp, []byte(`"routed_experts"`)) || bytes.Contains(clientBody, []byte(`"prompt_logprobs"`))
+}
+
+// decodeMerged runs a non-streaming generate decode and merges prefill's prompt rows
+// (routed experts, prompt_token_ids, prompt logprobs) into its answer.
+func (s *Server) decodeMerged(ctx *fasthttp.RequestCtx, ex *exchange, snap *snapshot, leg *fasthttp.Request, prefillResp []byte, wantLogprobs bool) {
+	db, err := s.pick(s.decodePolicy, ex, snap.decodeEPs, snap.decode, snap)
+	if err != nil {
+		s.fail(ctx, ex, err)
+		return
+	}
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseResponse(resp)
+	db.begin()
+	ex.dispatched = time.Now()
+	deadline := time.Now().Add(prefillTimeout * 8)
+	if s.cfg.RequestTimeout > 0 {
+		deadline = ex.start.Add(s.cfg.RequestTimeout)
+	}
+	err = db.DoDeadline(leg, resp, deadline)
+	db.end()
+	status := resp.StatusCode()
+	db.breaker.Record(outcomeOf(status, err))
+	s.metrics.pdDecode.WithLabelValues(db.id).Inc()
+	if err != nil {
+		s.fail(ctx, ex, err)
+		return
+	}
+	ex.b = db
+	if status != fasthttp.StatusOK {
+		copyResponseHeader(&ctx.Response, resp)
+		ctx.SetBody(resp.Body())
+		s.complete(ex, status)
+		return
+	}
+	merged, merr := pd.MergeGenerate(nil, prefillResp, resp.Body(), wantLogprobs)
+	if merr != nil {
+		s.metrics.pdErrors.WithLabelValues("replay_mismatch").Inc()
+		ex.b = nil
+		writeError(ctx, fasthttp.StatusBadGateway, "merging prefill and decode answers: "+merr.Error())
+		s.complete(ex, fasthttp.StatusBadGateway)
+		return
+	}
+	copyResponseHeader(&ctx.Response, resp)
+	ctx.SetBody(merged)
+	s.complete(ex, status)
+}
+
+// outcomeOf is a leg's circuit-breaker outcome.
+func outcomeOf(status int, err error) health.Outcome {
+	var le *pd.LegError
+	if errors.As(err, &le) && le.Status != 0 {
+		return health.Classify(le.Status, nil, nil)
+	}
+	return health.Classify(status, nil, err)
+}

@@ -1,0 +1,426 @@
+package router
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
+
+	"github.com/switchyard/switchyard/health"
+	"github.com/switchyard/switchyard/policy"
+)
+
+// exchange is one proxied request's state, pooled. The handler holds one reference and a
+// response body still streaming to the client holds another; the last to let go returns
+// it to the pool. It never refers to the RequestCtx.
+type exchange struct {
+	s     *Server
+	refs  atomic.Int32
+	route route
+
+	b          *Backend
+	up         *fasthttp.Response // the worker's response, body still streaming
+	start      time.Time          // request accepted
+	dispatched time.Time          // sent to the chosen worker
+	limited    bool               // holds a limiter slot
+	sse        bool               // the body is an event stream
+	wrote      bool               // a body byte reached the client
+	pd         bool               // a P/D request (decode leg being forwarded)
+
+	preq    policy.Request
+	avoid   [4]policy.Endpoint
+	ridBuf  []byte
+	textBuf []byte
+	copyBuf []byte
+	pdBuf   []byte // prefill body, then decode body
+	respBuf []byte // prefill response
+}
+
+func (ex *exchange) handlerDone() { ex.unref() }
+
+func (ex *exchange) unref() {
+	if ex.refs.Add(-1) != 0 {
+		return
+	}
+	ex.s, ex.b, ex.up = nil, nil, nil
+	ex.limited, ex.sse, ex.wrote, ex.pd = false, false, false, false
+	ex.preq = policy.Request{}
+	ex.avoid = [4]policy.Endpoint{}
+	if cap(ex.textBuf) > 1<<20 || cap(ex.pdBuf) > 1<<20 || cap(ex.respBuf) > 1<<20 {
+		ex.textBuf, ex.pdBuf, ex.respBuf = nil, nil, nil // do not pin one huge prompt's buffers
+	}
+	exchangePool.Put(ex)
+}
+
+// hop-by-hop headers (RFC 9110 §7.6.1) are for one connection only, never forwarded.
+// Connection and Transfer-Encoding are handled by fasthttp's framing.
+var hopHeaders = []string{"Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Upgrade"}
+
+// prepareUpstream turns the client's request into the worker's, in place: hop-by-hop
+// headers go, the request id and the worker API key come in. The body is untouched.
+func (s *Server) prepareUpstream(req *fasthttp.Request, rid []byte) {
+	h := &req.Header
+	for _, k := range hopHeaders {
+		h.Del(k)
+	}
+	h.SetBytesV("X-Request-Id", rid)
+	if s.apiKey != nil {
+		h.SetBytesV(fasthttp.HeaderAuthorization, s.apiKey)
+	}
+}
+
+// proxy routes one request to a worker, retrying elsewhere while the failure proves the
+// worker did not process it and nothing reached the client.
+func (s *Server) proxy(ctx *fasthttp.RequestCtx, ex *exchange, rid []byte) {
+	snap := s.pool.load()
+	backends, eps, pol := snap.regular, snap.regularEPs, s.policy
+	if s.cfg.PDDisaggregation {
+		if pdRoute(ex.route) && ctx.IsPost() {
+			s.proxyPD(ctx, ex, rid, snap)
+			return
+		}
+		backends, eps, pol = snap.decode, snap.decodeEPs, s.decodePolicy
+	}
+	if !s.limiter.acquire() {
+		s.metrics.queueRejected.Inc()
+		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
+		s.fail(ctx, ex, errOverloaded)
+		return
+	}
+	ex.limited = true
+	ex.start = time.Now()
+	s.fillPolicyRequest(&ex.preq, ctx, ex)
+	s.prepareUpstream(&ctx.Request, rid)
+	attempts := s.retry.Attempts()
+	var err error
+	for attempt := 0; attempt < attempts; attempt++ {
+		if attempt > 0 {
+			s.metrics.retries.WithLabelValues(ex.route.String()).Inc()
+			time.Sleep(s.retry.Backoff(attempt-1, nil))
+		}
+		var b *Backend
+		if b, err = s.pick(pol, ex, eps, backends, snap); err != nil {
+			break
+		}
+		err = s.forward(ctx, ex, b, &ctx.Request, attempt == attempts-1)
+		if err == nil {
+			return
+		}
+		var se *statusError
+		if !errors.As(err, &se) && !health.Retryable(0, err, false) {
+			break
+		}
+		if errors.As(err, &se) && !health.Retryable(se.status, nil, false) {
+			break
+		}
+		if len(ex.preq.Avoid) < len(ex.avoid) {
+			ex.avoid[len(ex.preq.Avoid)] = b
+			ex.preq.Avoid = ex.avoid[:len(ex.preq.Avoid)+1]
+		}
+		if ce := s.log.Check(zap.DebugLevel, "retrying on another worker"); ce != nil {
+			ce.Write(zap.String("worker", b.id), zap.Error(err), zap.Int("attempt", attempt+1))
+		}
+	}
+	if attempts > 1 && err != nil && !errors.Is(err, errNoWorker) && !errors.Is(err, errNotReady) {
+		s.metrics.retriesOut.WithLabelValues(ex.route.String()).Inc()
+	}
+	s.fail(ctx, ex, err)
+}
+
+// pick asks the policy for a worker and takes its circuit breaker's admission.
+func (s *Server) pick(pol policy.Policy, ex *exchange, eps []policy.Endpoint, backends []*Backend, snap *snapshot) (*Backend, error) {
+	for tries := 0; tries <= len(backends); tries++ {
+		i, err := pol.Pick(&ex.preq, eps)
+		if err != nil {
+			if snap.healthyCount(backends) == 0 {
+				return nil, errNotReady
+			}
+			return nil, err
+		}
+		b := backends[i]
+		if b.breaker.Acquire() {
+			b.m.decisions.Inc()
+			return b, nil
+		}
+		// Half-open with its probes taken: treat like unavailable for this request.
+		if len(ex.preq.Avoid) >= len(ex.avoid) {
+			break
+		}
+		ex.avoid[len(ex.preq.Avoid)] = b
+		ex.preq.Avoid = ex.avoid[:len(ex.preq.Avoid)+1]
+	}
+	return nil, errNoWorker
+}
+
+// statusError is a worker answer the router may retry elsewhere (502/503/504).
+type statusError struct{ status int }
+
+func (e *statusError) Error() string { return "worker answered " + strconv.Itoa(e.status) }
+
+// maxErrorBody bounds the 5xx bodies read inline to classify them.
+const maxErrorBody = 64 << 10
+
+// forward sends the prepared request to b and, once the worker's headers arrive, hands
+// the response to the client: streamed event by event for SSE and unknown lengths,
+// passed through with its length otherwise. A retryable 5xx is returned as *statusError
+// unless last is set, in which case the client gets it as it is.
+func (s *Server) forward(ctx *fasthttp.RequestCtx, ex *exchange, b *Backend, req *fasthttp.Request, last bool) error {
+	if b.rankHeader != nil {
+		req.Header.SetBytesV("X-data-parallel-rank", b.rankHeader)
+	}
+	up := fasthttp.AcquireResponse()
+	up.StreamBody = true
+	closeClient := req.Header.ConnectionClose()
+	if closeClient {
+		req.Header.ResetConnectionClose() // keep the worker connection pooled
+	}
+	b.begin()
+	ex.dispatched = time.Now()
+	var err error
+	if s.cfg.RequestTimeout > 0 {
+		err = b.client.DoDeadline(req, up, ex.start.Add(s.cfg.RequestTimeout))
+	} else {
+		err = b.client.Do(req, up)
+	}
+	if err == nil && ex.pd {
+		s.metrics.pdDecode.WithLabelValues(b.id).Inc()
+		s.metrics.pdPhase.WithLabelValues("decode_ttft").Observe(time.Since(ex.dispatched).Seconds())
+	}
+	if closeClient {
+		req.Header.SetConnectionClose()
+	}
+	if err != nil {
+		b.end()
+		fasthttp.ReleaseResponse(up)
+		b.breaker.Record(health.Classify(0, nil, err))
+		b.m.requests[ex.route][0].Inc()
+		return err
+	}
+	status := up.StatusCode()
+	if status >= 500 {
+		body, rerr := readSmallBody(up, maxErrorBody)
+		if rerr == nil {
+			b.breaker.Record(health.Classify(status, body, nil))
+			if !last && health.Retryable(status, nil, false) {
+				b.end()
+				fasthttp.ReleaseResponse(up)
+				b.m.requests[ex.route][5].Inc()
+				return &statusError{status: status}
+			}
+			copyResponseHeader(&ctx.Response, up)
+			ctx.Response.SetBody(body)
+			b.end()
+			fasthttp.ReleaseResponse(up)
+			b.m.requests[ex.route][5].Inc()
+			s.complete(ex, status)
+			return nil
+		}
+		// Too large to classify: pass it through like any other answer.
+	}
+	ex.b, ex.up = b, up
+	copyResponseHeader(&ctx.Response, up)
+	ex.sse = isEventStream(up.Header.ContentType())
+	cl := up.Header.ContentLength()
+	if !ex.sse {
+		s.metrics.route[ex.route].ttfb.Observe(time.Since(ex.dispatched).Seconds())
+	}
+	ex.refs.Add(1) // the body stream's reference
+	if ex.sse || cl < 0 {
+		ctx.Response.SetBodyStreamWriter(ex.writeStream)
+	} else {
+		ctx.Response.SetBodyStream(ex, cl)
+	}
+	return nil
+}
+
+// readSmallBody reads a streamed body of known length up to limit, closing the stream.
+func readSmallBody(up *fasthttp.Response, limit int) ([]byte, error) {
+	cl := up.Header.ContentLength()
+	if cl < 0 || cl > limit {
+		return nil, errors.New("body too large to buffer")
+	}
+	body := make([]byte, cl)
+	_, err := io.ReadFull(up.BodyStream(), body)
+	_ = up.CloseBodyStream()
+	return body, err
+}
+
+// copyResponseHeader gives the client the worker's status and headers, minus hop-by-hop
+// ones; the client connection's own keep-alive is the router's business.
+func copyResponseHeader(dst *fasthttp.Response, up *fasthttp.Response) {
+	up.Header.CopyTo(&dst.Header)
+	dst.Header.ResetConnectionClose()
+	for _, k := range hopHeaders {
+		dst.Header.Del(k)
+	}
+}
+
+func isEventStream(ct []byte) bool {
+	return len(ct) >= 17 && bytes.EqualFold(ct[:17], []byte("text/event-stream"))
+}
+
+// Read streams a fixed-length worker body to the client (fasthttp's server pulls it).
+func (ex *exchange) Read(p []byte) (int, error) {
+	n, err := ex.up.BodyStream().Read(p)
+	if n > 0 {
+		ex.wrote = true
+	}
+	return n, err
+}
+
+// CloseWithError ends a fixed-length body: err is the client write error, if any.
+func (ex *exchange) CloseWithError(err error) error {
+	status := ex.up.StatusCode()
+	if err != nil {
+		ex.endStream(errClientGone)
+		ex.s.complete(ex, 499)
+	} else {
+		ex.endStream(nil)
+		ex.s.complete(ex, status)
+	}
+	ex.unref()
+	return nil
+}
+
+// writeStream copies an event stream to the client, flushing after every chunk the worker
+// sends, so each SSE event leaves when it arrives. It runs on fasthttp's stream goroutine.
+func (ex *exchange) writeStream(w *bufio.Writer) {
+	s, up := ex.s, ex.up
+	if cap(ex.copyBuf) == 0 {
+		ex.copyBuf = make([]byte, 16<<10)
+	}
+	buf := ex.copyBuf[:cap(ex.copyBuf)]
+	stream := up.BodyStream()
+	status := up.StatusCode()
+	var endErr error
+	for {
+		n, err := stream.Read(buf)
+		if n > 0 {
+			if !ex.wrote {
+				ex.wrote = true
+				s.metrics.route[ex.route].ttfb.Observe(time.Since(ex.dispatched).Seconds())
+			}
+			if _, werr := w.Write(buf[:n]); werr == nil {
+				werr = w.Flush()
+				if werr != nil {
+					endErr, status = errClientGone, 499
+					break
+				}
+			} else {
+				endErr, status = errClientGone, 499
+				break
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			// The worker failed mid-stream: the client already has a 200, so the error
+			// goes in-band, then the stream is terminated the way vLLM terminates it.
+			endErr = err
+			if ce := s.log.Check(zap.DebugLevel, "worker stream failed"); ce != nil {
+				ce.Write(zap.String("worker", ex.b.id), zap.Error(err))
+			}
+			if ex.sse {
+				writeStreamError(w, err)
+			}
+			status = 0
+			break
+		}
+	}
+	ex.endStream(endErr)
+	s.complete(ex, status)
+	ex.unref()
+}
+
+// writeStreamError ends an event stream with an in-band error event and [DONE].
+func writeStreamError(w *bufio.Writer, err error) {
+	msg := "worker stream failed: " + err.Error()
+	if isTimeout(err) {
+		msg = "worker stream idle timeout: " + err.Error()
+	}
+	w.WriteString(`data: {"error":{"message":`)
+	w.WriteString(strconv.Quote(msg))
+	w.WriteString(`,"type":"upstream_error","code":502}}` + "\n\ndata: [DONE]\n\n")
+	w.Flush()
+}
+
+// endStream releases the worker side of the exchange: the stream (aborted when err is
+// set, which also tells vLLM to stop generating), the connection, the in-flight count and
+// the breaker's outcome.
+func (ex *exchange) endStream(err error) {
+	b, up := ex.b, ex.up
+	var outcome health.Outcome
+	switch {
+	case err == nil:
+		outcome = health.Classify(up.StatusCode(), nil, nil)
+	case errors.Is(err, errClientGone):
+		outcome = health.Neutral
+	default:
+		outcome = health.Failure
+	}
+	if err != nil {
+		if rc, ok := up.BodyStream().(fasthttp.ReadCloserWithError); ok {
+			_ = rc.CloseWithError(err)
+		}
+	}
+	_ = up.CloseBodyStream()
+	fasthttp.ReleaseResponse(up)
+	ex.up = nil
+	b.breaker.Record(outcome)
+	b.end()
+}
+
+// complete records a finished request once: its route, worker and status class, its
+// duration, and gives back its limiter slot. status 0 means no complete answer.
+func (s *Server) complete(ex *exchange, status int) {
+	rm := &s.metrics.route[ex.route]
+	rm.vrRequests.Inc()
+	took := time.Since(ex.start).Seconds()
+	rm.vrDuration.Observe(took)
+	if ex.pd {
+		s.metrics.pdRequests.WithLabelValues(ex.route.String()).Inc()
+		s.metrics.pdDuration.WithLabelValues(ex.route.String()).Observe(took)
+		s.metrics.pdPhase.WithLabelValues("e2e").Observe(took)
+	}
+	if ex.b != nil {
+		ex.b.m.requests[ex.route][statusClass(status)].Inc()
+	}
+	if ex.limited {
+		s.limiter.release()
+		ex.limited = false
+	}
+}
+
+// fail answers a request that got no worker response with err's status and JSON body.
+func (s *Server) fail(ctx *fasthttp.RequestCtx, ex *exchange, err error) {
+	if err == nil {
+		err = errNoWorker
+	}
+	s.metrics.errors.WithLabelValues(ex.route.String(), errorType(err)).Inc()
+	if ce := s.log.Check(zap.DebugLevel, "request failed"); ce != nil {
+		ce.Write(zap.String("route", ex.route.String()), zap.Error(err))
+	}
+	status := statusFor(err)
+	msg := err.Error()
+	switch {
+	case errors.Is(err, errNotReady):
+		msg = "no healthy worker available yet"
+	case errors.Is(err, errNoWorker):
+		msg = "no available workers (all unhealthy, open-circuited or full)"
+	}
+	retryAfter := ctx.Response.Header.Peek(fasthttp.HeaderRetryAfter)
+	ra := append([]byte(nil), retryAfter...)
+	writeError(ctx, status, msg)
+	if len(ra) > 0 {
+		ctx.Response.Header.SetBytesV(fasthttp.HeaderRetryAfter, ra)
+	}
+	ex.b = nil
+	s.complete(ex, status)
+}
