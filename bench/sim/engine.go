@@ -122,9 +122,11 @@ func (s *Server) admit(engine string) (func(), error) {
 	runningGauge := s.metrics.running.WithLabelValues(s.cfg.Model, engine)
 	runningGauge.Inc()
 	return func() {
-		<-s.slots
+		// Count the request out before freeing its slot, so running never reads above
+		// MaxNumSeqs.
 		c.running.Add(-1)
 		runningGauge.Dec()
+		<-s.slots
 	}, nil
 }
 
