@@ -251,7 +251,8 @@ func (c *Checker) startLocked(w *watched) {
 	go c.watch(ctx, w, w.done)
 }
 
-// watch checks w at once, then Interval after each check ends, or earlier on CheckNow.
+// watch checks w at once, then Interval (StartupInterval until w first passes) after
+// each check ends, or earlier on CheckNow.
 func (c *Checker) watch(ctx context.Context, w *watched, done chan struct{}) {
 	defer close(done)
 	timer := time.NewTimer(0)
@@ -264,8 +265,19 @@ func (c *Checker) watch(ctx context.Context, w *watched, done chan struct{}) {
 		case <-w.kick:
 		}
 		c.checkOnce(ctx, w)
-		timer.Reset(c.cfg.Interval)
+		timer.Reset(c.nextInterval(w))
 	}
+}
+
+// nextInterval is the wait before w's next check.
+func (c *Checker) nextInterval(w *watched) time.Duration {
+	w.mu.Lock()
+	proven := w.verdict.proven
+	w.mu.Unlock()
+	if proven {
+		return c.cfg.Interval
+	}
+	return min(c.cfg.StartupInterval, c.cfg.Interval)
 }
 
 // checkOnce runs one check of w and applies its result. A panic (in the setter or the

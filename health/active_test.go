@@ -420,6 +420,26 @@ func TestCheckerSetTargetsRejectsBadInput(t *testing.T) {
 	}
 }
 
+// A worker that has never passed (still loading) is polled every StartupInterval, then
+// every Interval once it has passed.
+func TestCheckerStartupInterval(t *testing.T) {
+	w := newFakeWorker(t, 503, 503, 503, 200)
+	s := newFakeSetter()
+	c := newTestChecker(t, Config{Interval: time.Hour, StartupInterval: time.Millisecond}, s)
+	if err := c.SetTargets([]Target{{URL: w.URL(), IDs: []string{"w"}}}); err != nil {
+		t.Fatal(err)
+	}
+	runChecker(t, c)
+	eventually(t, pollLimit, "healthy after 4 quick checks", func() bool { h, _ := s.healthy("w"); return h })
+	// Interval (1h) now applies: 10 more startup intervals bring no check.
+	for range 10 {
+		time.Sleep(time.Millisecond) // waiting out intervals that must pass without a check
+	}
+	if n := w.checks.Load(); n != 4 {
+		t.Fatalf("checks = %d; want 4 (the 1h Interval applies once healthy)", n)
+	}
+}
+
 func TestCheckerCheckNow(t *testing.T) {
 	w := newFakeWorker(t)
 	c := newTestChecker(t, Config{Interval: time.Hour}, newFakeSetter())
@@ -528,6 +548,7 @@ func TestNewCheckerValidates(t *testing.T) {
 		{"endpoint without slash", Config{Endpoint: "health"}, newFakeSetter()},
 		{"negative interval", Config{Interval: -time.Second}, newFakeSetter()},
 		{"negative timeout", Config{Timeout: -time.Second}, newFakeSetter()},
+		{"negative startup interval", Config{StartupInterval: -time.Second}, newFakeSetter()},
 		{"negative failure threshold", Config{FailureThreshold: -1}, newFakeSetter()},
 		{"negative success threshold", Config{SuccessThreshold: -1}, newFakeSetter()},
 		{"nil setter", Config{}, nil},

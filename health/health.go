@@ -34,6 +34,7 @@ type StatusSetter interface {
 const (
 	DefaultEndpoint         = "/health"
 	DefaultInterval         = 60 * time.Second
+	DefaultStartupInterval  = time.Second
 	DefaultTimeout          = 5 * time.Second
 	DefaultFailureThreshold = 3
 	DefaultSuccessThreshold = 2
@@ -60,6 +61,12 @@ type Config struct {
 	// Interval is the time from the end of one check of a URL to the start of the next
 	// (--health-check-interval-secs). Default 60s; zero means default; negative is invalid.
 	Interval time.Duration
+	// StartupInterval replaces Interval for a worker that has never passed a check (still
+	// loading its model), so it is used within about this long of coming up rather than
+	// up to a whole Interval later. vllm-router polls starting workers every 30 s
+	// (--worker-startup-check-interval). Default 1s; zero means default; negative is
+	// invalid; values above Interval act as Interval.
+	StartupInterval time.Duration
 	// Timeout bounds one check, connect to last body byte (--health-check-timeout-secs).
 	// Default 5s; zero means default; negative is invalid.
 	Timeout time.Duration
@@ -87,6 +94,9 @@ func (c Config) WithDefaults() Config {
 	if c.Interval == 0 {
 		c.Interval = DefaultInterval
 	}
+	if c.StartupInterval == 0 {
+		c.StartupInterval = DefaultStartupInterval
+	}
 	if c.Timeout == 0 {
 		c.Timeout = DefaultTimeout
 	}
@@ -107,6 +117,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: Endpoint %q must start with \"/\"", ErrInvalidConfig, c.Endpoint)
 	case c.Interval < 0:
 		return fmt.Errorf("%w: Interval %v is negative", ErrInvalidConfig, c.Interval)
+	case c.StartupInterval < 0:
+		return fmt.Errorf("%w: StartupInterval %v is negative", ErrInvalidConfig, c.StartupInterval)
 	case c.Timeout < 0:
 		return fmt.Errorf("%w: Timeout %v is negative", ErrInvalidConfig, c.Timeout)
 	case c.FailureThreshold < 0:
