@@ -199,10 +199,9 @@ func (p *StickyLeastLoaded) Pick(r *Request, eps []Endpoint) (int, error) {
 	if len(eps) == 0 {
 		return -1, ErrNoEndpoint
 	}
-	t := p.tableFor(eps)
 	id := r.SessionID
 	if len(id) == 0 || len(id) > p.cfg.MaxSessionIDBytes {
-		return p.leastActive(r, eps, t, 0, false)
+		return p.leastActive(r, eps, p.tableFor(eps), 0, false)
 	}
 	now := p.cfg.Clock().UnixNano()
 	if now-p.lastSweep.Load() >= int64(p.cfg.SweepInterval) {
@@ -221,12 +220,15 @@ func (p *StickyLeastLoaded) Pick(r *Request, eps []Endpoint) (int, error) {
 			}
 		}
 		// Expired, or its worker is gone or unusable: reassign in place.
-		i, err := p.reassignLocked(sh, id, s, r, eps, t, keyHash, now)
+		i, err := p.reassignLocked(sh, id, s, r, eps, p.tableFor(eps), keyHash, now)
 		sh.mu.Unlock()
 		return i, err
 	}
 	sh.mu.Unlock()
 
+	// Placing a session scans every worker anyway, so resolving the worker table (O(n)
+	// ID checks) costs nothing extra here; known sessions above never touch it.
+	t := p.tableFor(eps)
 	if !p.reserveSession(now) {
 		return p.leastActive(r, eps, t, keyHash, true) // full: stateless, still deterministic
 	}
