@@ -236,13 +236,31 @@ func editObject(dst, src []byte, i int, edits []Edit, depth int) ([]byte, int, e
 		if emitted > 0 {
 			dst = append(dst, ',')
 		}
-		dst = strconv.AppendQuote(dst, ed.Key)
+		dst = appendString(dst, ed.Key)
 		dst = append(dst, ':')
 		dst = append(dst, ed.Value...)
 		emitted++
 	}
 	dst = append(dst, src[prevEnd:it.end]...)
 	return dst, it.end, nil
+}
+
+// appendString appends s as a JSON string: quotes, backslashes and control characters
+// escaped, every other byte as it is.
+func appendString(dst []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '"' || c == '\\':
+			dst = append(dst, '\\', c)
+		case c < 0x20:
+			dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		default:
+			dst = append(dst, c)
+		}
+	}
+	return append(dst, '"')
 }
 
 // objIter walks an object's members, validating as it goes.

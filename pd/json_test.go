@@ -23,6 +23,8 @@ func TestEditObject(t *testing.T) {
 			`{"a": 1,"z":1 }`},
 		{"set adds to empty object", `{ }`, []Edit{{Key: "z", Op: OpSet, Value: one}, {Key: "y", Op: OpSet, Value: one}},
 			`{"z":1,"y":1 }`},
+		{"added key escaped as JSON", `{}`, []Edit{{Key: "a\"b\\\n\x01é", Op: OpSet, Value: one}},
+			`{"a\"b\\\u000a\u0001é":1}`},
 		{"replace absent does nothing", `{"a":1}`, []Edit{{Key: "b", Op: OpReplace, Value: one}}, `{"a":1}`},
 		{"replace present", `{"a":5}`, []Edit{{Key: "a", Op: OpReplace, Value: one}}, `{"a":1}`},
 		{"delete first", `{"a":1, "b":2, "c":3}`, []Edit{{Key: "a", Op: OpDelete}}, `{"b":2, "c":3}`},

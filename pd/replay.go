@@ -128,7 +128,7 @@ func stitch(p, d *routedExperts) ([]byte, error) {
 	out = strconv.AppendUint(out, p.Start, 10)
 	if p.Dtype != nil || d.Dtype != nil {
 		out = append(out, `,"dtype":`...)
-		out = strconv.AppendQuote(out, p.dtype())
+		out = appendString(out, p.dtype())
 	}
 	return append(out, '}'), nil
 }
