@@ -18,7 +18,7 @@ func BenchmarkPick(b *testing.B) {
 		keys[i] = fmt.Appendf(nil, "rollout-%d-7d3f9a", i)
 		texts[i] = fmt.Appendf(nil, "%s user %d: %s", system, i%64, strings.Repeat("step ", 200))
 	}
-	for _, name := range Names {
+	for _, name := range Names() {
 		for _, workers := range []int{4, 64, 1024} {
 			eps, fakes := fleet(workers)
 			for i, f := range fakes {

@@ -22,6 +22,13 @@ const (
 	DefaultMaxFallbacks      = 8
 )
 
+// Bounds that keep a ring's memory sane: partitions cost 4·(1+MaxFallbacks) bytes each,
+// virtual nodes 16 bytes each per member during SetMembers.
+const (
+	maxPartitionCount    = 1 << 20
+	maxReplicationFactor = 4096
+)
+
 // ErrRingConfig wraps every ring configuration error.
 var ErrRingConfig = errors.New("policy: invalid consistent_hash ring config")
 
@@ -33,11 +40,12 @@ type ConsistentHashConfig struct {
 	// partitions per member, removing one member shifts the per-member bound and moves
 	// keys between survivors (8191 partitions, 1 024 members: 6 % of survivors' keys moved;
 	// 65521: 0.24 %). Memory: 4·(1+MaxFallbacks) bytes each (2.4 MB at the default).
-	// Zero means 65521. When the members outnumber it, it is raised to 4× the members.
+	// Zero means 65521; at most 2^20. When the members outnumber it, it is raised to 4×
+	// the members.
 	PartitionCount int
 	// ReplicationFactor is the number of virtual nodes per member. More spreads
 	// partitions more evenly before the load bound applies, and moves fewer keys between
-	// survivors when a member leaves. Zero means 400.
+	// survivors when a member leaves. Zero means 400; at most 4096.
 	ReplicationFactor int
 	// Load bounds each member to ceil(Load · floor(partitions/members)) partitions. Near
 	// 1.0 the partitions balance perfectly, but the bound then decides most owners and a
@@ -105,10 +113,10 @@ func NewConsistentHash(cfg ConsistentHashConfig) (*ConsistentHash, error) {
 		cfg.MaxFallbacks = 0
 	}
 	switch {
-	case cfg.PartitionCount < 1:
-		return nil, fmt.Errorf("%w: PartitionCount %d < 1", ErrRingConfig, cfg.PartitionCount)
-	case cfg.ReplicationFactor < 1:
-		return nil, fmt.Errorf("%w: ReplicationFactor %d < 1", ErrRingConfig, cfg.ReplicationFactor)
+	case cfg.PartitionCount < 1 || cfg.PartitionCount > maxPartitionCount:
+		return nil, fmt.Errorf("%w: PartitionCount %d not in [1, %d]", ErrRingConfig, cfg.PartitionCount, maxPartitionCount)
+	case cfg.ReplicationFactor < 1 || cfg.ReplicationFactor > maxReplicationFactor:
+		return nil, fmt.Errorf("%w: ReplicationFactor %d not in [1, %d]", ErrRingConfig, cfg.ReplicationFactor, maxReplicationFactor)
 	case math.IsNaN(cfg.Load) || cfg.Load < 1.0 || math.IsInf(cfg.Load, 0):
 		return nil, fmt.Errorf("%w: Load %v, want ≥ 1.0", ErrRingConfig, cfg.Load)
 	}

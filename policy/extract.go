@@ -472,8 +472,9 @@ func keyIs(raw []byte, name string) bool {
 	if bytes.IndexByte(raw, '\\') < 0 {
 		return string(raw) == name
 	}
+	// Decoding only shrinks, at most 6:1 (\u0041 → A): skip hopeless keys undecoded.
 	var buf [32]byte
-	if len(name) > len(buf) {
+	if len(raw) < len(name) || len(raw) > 6*len(name) || len(name) > len(buf) {
 		return false
 	}
 	return string(appendUnescaped(buf[:0], raw)) == name

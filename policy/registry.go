@@ -20,12 +20,14 @@ const (
 )
 
 // Names lists the policies New accepts.
-var Names = []string{
-	NameRoundRobin, NameConsistentHash, NameRandom, NamePowerOfTwo,
-	NameLeastLoaded, NameStickyLeastLoaded, NameCacheAware, NameRendezvousHash,
+func Names() []string {
+	return []string{
+		NameRoundRobin, NameConsistentHash, NameRandom, NamePowerOfTwo,
+		NameLeastLoaded, NameStickyLeastLoaded, NameCacheAware, NameRendezvousHash,
+	}
 }
 
-// ErrUnknownPolicy is returned by New for a name not in Names.
+// ErrUnknownPolicy is returned by New for a name not in Names().
 var ErrUnknownPolicy = errors.New("policy: unknown policy")
 
 // Config holds every policy knob; each policy reads only its own. Zero values mean the
@@ -132,5 +134,5 @@ func New(name string, cfg Config) (Policy, error) {
 	case NameRendezvousHash:
 		return NewRendezvousHash(RendezvousHashConfig{})
 	}
-	return nil, fmt.Errorf("%w %q; valid: %s", ErrUnknownPolicy, name, strings.Join(Names, ", "))
+	return nil, fmt.Errorf("%w %q; valid: %s", ErrUnknownPolicy, name, strings.Join(Names(), ", "))
 }

@@ -38,8 +38,8 @@ func TestNewEveryName(t *testing.T) {
 			}
 		}
 	}
-	if len(Names) != 8 {
-		t.Fatalf("Names = %v", Names)
+	if len(Names()) != 8 {
+		t.Fatalf("Names() = %v", Names())
 	}
 }
 
@@ -48,7 +48,7 @@ func TestNewErrors(t *testing.T) {
 	if !errors.Is(err, ErrUnknownPolicy) {
 		t.Fatalf("err = %v", err)
 	}
-	for _, name := range Names {
+	for _, name := range Names() {
 		if !strings.Contains(err.Error(), name) {
 			t.Errorf("error %q does not list %s", err, name)
 		}

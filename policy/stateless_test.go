@@ -125,7 +125,7 @@ func TestPowerOfTwoPicks(t *testing.T) {
 
 func TestNilRequestIsStateless(t *testing.T) {
 	eps, _ := fleet(3)
-	for _, name := range Names {
+	for _, name := range Names() {
 		p, err := New(name, DefaultConfig())
 		if err != nil {
 			t.Fatal(err)
