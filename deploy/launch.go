@@ -490,6 +490,11 @@ func (l *launcher) shutdown() error {
 			}
 		}
 	}
+	for _, w := range l.workers { // the private RPC socket dirs made in run
+		if dir := w.proc.Env["VLLM_RPC_BASE_PATH"]; dir != "" {
+			_ = os.RemoveAll(dir)
+		}
+	}
 	return errors.Join(errs...)
 }
 

@@ -21,7 +21,10 @@ import (
 	"time"
 )
 
-var fakeEngine string // path of the built testdata/fakeengine
+var (
+	fakeEngine   string // path of the built testdata/fakeengine
+	fakeLauncher string // path of the built testdata/launcher (LaunchMain + a tiny router)
+)
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "deploy-test")
@@ -29,11 +32,11 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	fakeEngine = filepath.Join(dir, "fakeengine")
-	build := exec.Command("go", "build", "-o", fakeEngine, "./testdata/fakeengine")
+	fakeEngine, fakeLauncher = filepath.Join(dir, "fakeengine"), filepath.Join(dir, "launcher")
+	build := exec.Command("go", "build", "-o", dir, "./testdata/fakeengine", "./testdata/launcher")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building the fake engine:", err)
+		fmt.Fprintln(os.Stderr, "building the test binaries:", err)
 		os.Exit(1)
 	}
 	code := m.Run()

@@ -2,11 +2,16 @@ package deploy
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func renderExample(t *testing.T, name string, opts SlurmOptions) string {
@@ -121,5 +126,104 @@ func TestSlurmMain(t *testing.T) {
 	stderr.Reset()
 	if code := SlurmMain([]string{filepath.Join(dir, "none.toml")}, &bytes.Buffer{}, &stderr); code != 1 || !strings.Contains(stderr.String(), "reading deployment config") {
 		t.Errorf("missing config: %d %q", code, stderr.String())
+	}
+}
+
+var startedPID = regexp.MustCompile(`started \S+ \(pid (\d+)\)`)
+
+// TestSlurmScriptRuns runs a rendered script end to end with stand-ins for srun and
+// scontrol (testdata/fakeslurm): two emulated nodes on 127.0.0.1 and 127.0.0.2, fake
+// engines, a 1P+1D deployment. It routes traffic through the head's router, then
+// either TERMs the job (as scancel does) or lets a dying prefill worker fail it, and
+// finds no process and no node-local directory left.
+func TestSlurmScriptRuns(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     string // extra [inference.deployment] line
+		failing bool
+	}{
+		{"cancelled", "", false},
+		{"worker death fails the job", `prefill_env_overrides = {FAKE_ENGINE_EXIT_AFTER = "1500ms"}`, true},
+	}
+	fakeslurm, err := filepath.Abs(filepath.Join("testdata", "fakeslurm"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ports := freePorts(t, 3)
+			data := []byte(fmt.Sprintf("[inference]\nmodel = \"m\"\n[inference.deployment]\ntype = \"disaggregated\"\ngpus_per_node = 1\nrouter_port = %d\nprefill_port = %d\ndecode_port = %d\n%s\n",
+				ports[0], ports[1], ports[2], tc.env))
+			cfg, err := Parse(data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := t.TempDir()
+			script, err := RenderSlurm(cfg, SlurmOptions{Config: data, Binary: fakeLauncher, EngineCmd: fakeEngine,
+				BindLocalIP: true, LocalIPCommand: "echo 127.0.0.$((SLURM_PROCID + 1))", GPUsPerNode: -1,
+				URLFile: filepath.Join(dir, "urls")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command("bash", "-c", script)
+			cmd.Dir = dir
+			cmd.Env = append(os.Environ(), "PATH="+fakeslurm+":"+os.Getenv("PATH"), "FAKE_SLURM_HOSTS=127.0.0.1 127.0.0.2",
+				"SLURM_JOB_NODELIST=fake[1-2]", "SLURM_JOB_ID=77", "TMPDIR="+dir)
+			var out syncBuffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+
+			if !tc.failing {
+				res := completion(t, ports[0], time.Now().Add(20*time.Second))
+				if res["served_by"] != strconv.Itoa(ports[2]) || res["prefilled_by"] != strconv.Itoa(ports[1]) {
+					t.Errorf("response %v", res)
+				}
+				urls, err := os.ReadFile(filepath.Join(dir, "urls"))
+				if want := fmt.Sprintf("http://127.0.0.1:%d/v1\n", ports[0]); err != nil || string(urls) != want {
+					t.Errorf("url file %q (%v), want %q", urls, err, want)
+				}
+				_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) // what scancel does to the job
+			}
+			select {
+			case err := <-done:
+				if tc.failing && err == nil {
+					t.Errorf("the job succeeded although a worker died:\n%s", out.String())
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatalf("the job did not end:\n%s", out.String())
+			}
+			log := out.String()
+			for _, want := range []string{"node rank 0 is", "node rank 1 is", "(127.0.0.2)", "INFER_URLS=http://127.0.0.1:"} {
+				if !strings.Contains(log, want) {
+					t.Errorf("job output lacks %q:\n%s", want, log)
+				}
+			}
+			var pids []int
+			for _, m := range startedPID.FindAllStringSubmatch(log, -1) {
+				pid, _ := strconv.Atoi(m[1])
+				pids = append(pids, pid)
+			}
+			if len(pids) < 2 {
+				t.Fatalf("expected both workers to start:\n%s", log)
+			}
+			waitGone(t, pids)
+			deadline := time.Now().Add(5 * time.Second)
+			for _, node := range []string{"fakenode0", "fakenode1"} {
+				work := filepath.Join(dir, "switchyard-77-"+node)
+				for _, err := os.Stat(work); err == nil; _, err = os.Stat(work) {
+					if time.Now().After(deadline) {
+						t.Errorf("%s was not cleaned up", work)
+						break
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+		})
 	}
 }
