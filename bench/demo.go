@@ -55,18 +55,33 @@ type DemoOptions struct {
 }
 
 // The demo fleet's simulator settings. They make prefix caching matter as it does on GPUs:
-// prefill costs 50 µs per uncached token (a cold 4 KB prompt, ~750 tokens, takes ~40 ms), and
-// each worker's cache holds 2048 blocks of 16 tokens. With 64 sessions of up to ~2000 tokens,
-// a worker that sees a quarter of the sessions (session affinity) keeps them all resident,
-// while one that sees every session (round robin) evicts before the next turn comes back.
+// prefill costs 100 µs per uncached token (10k tokens/s; a cold 4 KB prompt, ~750 tokens,
+// takes ~75 ms), and each worker's cache holds what its share of the sessions needs and no
+// more (see demoCacheBlocks), so a worker that sees only its own sessions (affinity) keeps
+// their prefixes resident, while one that sees every session (round robin) evicts them
+// before the session's next turn comes back.
 const (
 	demoTTFTBase        = 5 * time.Millisecond
-	demoPrefillPerToken = 50 * time.Microsecond
+	demoPrefillPerToken = 100 * time.Microsecond
 	demoITL             = 2 * time.Millisecond
 	demoOutputTokens    = 16
 	demoBlockSize       = 16
-	demoCacheBlocks     = 2048
 )
+
+// demoCacheBlocks sizes one worker's prefix cache to hold the longest prompt (last turn) of
+// each of its share of sessions, with 25% headroom because hashing does not split sessions
+// evenly: 1.25 x sessionsPerWorker x maxPromptTokens, in blocks rounded up to 256. For the
+// defaults (64 sessions, 4 workers, 8 turns of 1 KB over a 2 KB system prompt) that is
+// 20 x ~2100 tokens = 2816 blocks, while round robin's working set is all 64 sessions'
+// prefixes, about 64 x 1150 tokens = 4600 blocks on average.
+func demoCacheBlocks(w Workload, workers, blockSize, outputTokens int) int {
+	perWorker := (5*w.Sessions + 4*workers - 1) / (4 * workers)
+	words := float64(max(w.SystemPromptBytes, 0)+w.Turns*w.TurnBytes) / bytesPerWord
+	// Each message adds a few template and label tokens; answers are outputTokens long.
+	tokens := int(words) + (w.Turns-1)*min(outputTokens, w.MaxTokens) + 4*(2*w.Turns+1)
+	blocks := (perWorker*tokens + blockSize - 1) / blockSize
+	return max(256, (blocks+255)/256*256)
+}
 
 func (o DemoOptions) withDefaults() (DemoOptions, error) {
 	if len(o.Policies) == 0 {
@@ -125,15 +140,22 @@ func Demo(ctx context.Context, o DemoOptions) ([]Row, error) {
 		mode = fmt.Sprintf("%d prefill + %d decode simulated vLLM workers (P/D)", nPrefill, nDecode)
 	}
 	w := o.demoWorkload()
+	cacheWorkers := o.Workers
+	if o.PD != "" {
+		cacheWorkers = nPrefill
+	}
+	simCfg := o.simConfig(w, cacheWorkers)
+	w.Model = simCfg.Model
 	fmt.Fprintf(o.Out, "Switchyard demo: %s, %d concurrent sessions x %d turns, %s per policy, stream=%v\n",
 		mode, w.Sessions, w.Turns, w.Duration, w.Stream)
-	fmt.Fprintf(o.Out, "Each turn resends the whole conversation; workers cache %d blocks of %d tokens and prefill uncached tokens at %s each.\n\n",
-		demoCacheBlocks, demoBlockSize, demoPrefillPerToken)
+	fmt.Fprintf(o.Out, "Each turn resends the whole conversation. Each worker caches %d blocks of %d tokens\n"+
+		"(its share of the sessions, not all of them) and prefills uncached tokens at %s each.\n\n",
+		simCfg.CacheBlocks, simCfg.BlockSize, simCfg.PrefillPerToken)
 
 	var rows []Row
 	for _, policy := range o.Policies {
 		fmt.Fprintf(o.Out, "── %s\n", policy)
-		res, err := o.runPolicy(ctx, policy, w)
+		res, err := o.runPolicy(ctx, policy, w, simCfg)
 		if err != nil {
 			if ctx.Err() != nil {
 				fmt.Fprintln(o.Out, "interrupted")
@@ -159,37 +181,48 @@ func Demo(ctx context.Context, o DemoOptions) ([]Row, error) {
 func (o DemoOptions) demoWorkload() Workload {
 	w := o.Workload
 	w.Sessions, w.Duration, w.Stream = o.Sessions, o.Duration, o.Stream
-	w.Model = sim.DefaultConfig().Model
-	if o.TuneSim != nil {
-		cfg := sim.DefaultConfig()
-		o.TuneSim(&cfg)
-		w.Model = cfg.Model
-	}
-	setDefault(&w.Turns, 8)
-	setDefault(&w.MaxTokens, 32)
+	setDefault(&w.Turns, defaultTurns)
+	setDefault(&w.MaxTokens, defaultMaxTokens)
+	setDefault(&w.SystemPromptBytes, defaultSystemPromptBytes)
+	setDefault(&w.TurnBytes, defaultTurnBytes)
 	return w
 }
 
+// simConfig is every demo simulator's config but its name and role.
+func (o DemoOptions) simConfig(w Workload, cacheWorkers int) sim.Config {
+	cfg := sim.DefaultConfig()
+	cfg.TTFTBase = demoTTFTBase
+	cfg.PrefillPerToken = demoPrefillPerToken
+	cfg.InterTokenLatency = demoITL
+	cfg.OutputTokens = demoOutputTokens
+	cfg.BlockSize = demoBlockSize
+	cfg.CacheBlocks = demoCacheBlocks(w, cacheWorkers, demoBlockSize, demoOutputTokens)
+	if o.TuneSim != nil {
+		o.TuneSim(&cfg)
+	}
+	return cfg
+}
+
 // runPolicy starts a fleet and a router, runs the workload and tears both down.
-func (o DemoOptions) runPolicy(ctx context.Context, policy string, w Workload) (res Result, err error) {
+func (o DemoOptions) runPolicy(ctx context.Context, policy string, w Workload, simCfg sim.Config) (res Result, err error) {
 	nPrefill, nDecode, _ := parsePD(o.PD)
 	fleet := &simFleet{}
 	defer func() { err = errors.Join(err, fleet.shutdown()) }()
 
 	var argv []string
 	if o.PD == "" {
-		urls, err := fleet.start(o.Workers, "worker", sim.RoleBoth, o.TuneSim)
+		urls, err := fleet.start(o.Workers, "worker", sim.RoleBoth, simCfg)
 		if err != nil {
 			return res, err
 		}
 		argv = routerArgv(policy, urls, nil, nil)
 		w.MetricsURLs = urls
 	} else {
-		prefill, err := fleet.start(nPrefill, "prefill", sim.RolePrefill, o.TuneSim)
+		prefill, err := fleet.start(nPrefill, "prefill", sim.RolePrefill, simCfg)
 		if err != nil {
 			return res, err
 		}
-		decode, err := fleet.start(nDecode, "decode", sim.RoleDecode, o.TuneSim)
+		decode, err := fleet.start(nDecode, "decode", sim.RoleDecode, simCfg)
 		if err != nil {
 			return res, err
 		}
@@ -275,22 +308,13 @@ type simFleet struct {
 	served  []chan error
 }
 
-// start launches n simulators named prefix-i and returns their base URLs.
-func (f *simFleet) start(n int, prefix string, role sim.Role, tune func(*sim.Config)) ([]string, error) {
+// start launches n simulators from base named prefix-i and returns their base URLs.
+func (f *simFleet) start(n int, prefix string, role sim.Role, base sim.Config) ([]string, error) {
 	urls := make([]string, 0, n)
 	for i := range n {
-		cfg := sim.DefaultConfig()
+		cfg := base
 		cfg.Name = fmt.Sprintf("%s-%d", prefix, i)
 		cfg.Role = role
-		cfg.TTFTBase = demoTTFTBase
-		cfg.PrefillPerToken = demoPrefillPerToken
-		cfg.InterTokenLatency = demoITL
-		cfg.OutputTokens = demoOutputTokens
-		cfg.BlockSize = demoBlockSize
-		cfg.CacheBlocks = demoCacheBlocks
-		if tune != nil {
-			tune(&cfg)
-		}
 		srv, err := sim.New(cfg, zap.NewNop())
 		if err != nil {
 			return nil, fmt.Errorf("simulator %s: %w", cfg.Name, err)

@@ -80,6 +80,16 @@ type Workload struct {
 	errorPause    time.Duration // wait after a failed request, so a dead router is not spun on; 100 ms
 }
 
+// Workload defaults, shared with the demo's sizing.
+const (
+	defaultSessions          = 64
+	defaultTurns             = 8
+	defaultDuration          = 20 * time.Second
+	defaultSystemPromptBytes = 2048
+	defaultTurnBytes         = 1024
+	defaultMaxTokens         = 32
+)
+
 // withDefaults returns w with zero fields defaulted, or an error naming a bad field.
 func (w Workload) withDefaults() (Workload, error) {
 	u, err := url.Parse(w.URL)
@@ -88,12 +98,12 @@ func (w Workload) withDefaults() (Workload, error) {
 	}
 	w.URL = strings.TrimRight(w.URL, "/")
 	setDefault(&w.Path, "/v1/chat/completions")
-	setDefault(&w.Sessions, 64)
-	setDefault(&w.Turns, 8)
-	setDefault(&w.Duration, 20*time.Second)
-	setDefault(&w.SystemPromptBytes, 2048)
-	setDefault(&w.TurnBytes, 1024)
-	setDefault(&w.MaxTokens, 32)
+	setDefault(&w.Sessions, defaultSessions)
+	setDefault(&w.Turns, defaultTurns)
+	setDefault(&w.Duration, defaultDuration)
+	setDefault(&w.SystemPromptBytes, defaultSystemPromptBytes)
+	setDefault(&w.TurnBytes, defaultTurnBytes)
+	setDefault(&w.MaxTokens, defaultMaxTokens)
 	setDefault(&w.RequestTimeout, 60*time.Second)
 	setDefault(&w.progressEvery, time.Second)
 	setDefault(&w.errorPause, 100*time.Millisecond)
@@ -429,11 +439,21 @@ func pause(ctx context.Context, d time.Duration) {
 	}
 }
 
-// vocabulary makes prompt text that looks like text to a tokenizer: about 5 bytes per token.
+// vocabulary makes prompt text that looks like text to a tokenizer: about 5 bytes per
+// word, and a word is a token to the simulator.
 var vocabulary = strings.Fields(`the a of to and in is for on with that by as from at this be are
 	file line error value return function call result test output input path config request
 	model token cache session worker policy router score reward step agent tool answer check
 	list read write open close start stop run build parse count index table query search`)
+
+// bytesPerWord is the mean size of a vocabulary word and its separating space.
+var bytesPerWord = func() float64 {
+	total := 0
+	for _, w := range vocabulary {
+		total += len(w) + 1
+	}
+	return float64(total) / float64(len(vocabulary))
+}()
 
 // words returns n bytes of space-separated words drawn from rng.
 func words(rng *rand.Rand, n int) string {
