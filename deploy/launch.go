@@ -43,8 +43,8 @@ func (e *WorkerExitError) Unwrap() []error { return []error{ErrWorkerDied, e.Err
 // called; stop returns once it has shut down or its context expires.
 type StartRouterFunc func(ctx context.Context, argv []string) (stop func(context.Context) error, err error)
 
-// LaunchOptions say which node this is and how to supervise. The zero value (plus
-// StartRouter on head nodes) is what production uses.
+// LaunchOptions say which node this is and how to supervise. Zero durations take the
+// defaults named below; NodeRank -1 finds the node from SLURM or the host name.
 type LaunchOptions struct {
 	// NodeRank is this node's index in the plan's node list. -1 means: SLURM_PROCID (or
 	// SLURM_NODEID) when set, else 0 for a one-node plan, else the node whose host matches
@@ -493,6 +493,7 @@ func (l *launcher) shutdown() error {
 	for _, w := range l.workers { // the private RPC socket dirs made in run
 		if dir := w.proc.Env["VLLM_RPC_BASE_PATH"]; dir != "" {
 			_ = os.RemoveAll(dir)
+			_ = os.Remove(filepath.Dir(dir)) // the host's dir, once empty
 		}
 	}
 	return errors.Join(errs...)
