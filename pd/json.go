@@ -3,6 +3,7 @@ package pd
 import (
 	"encoding/binary"
 	"errors"
+	"math/bits"
 	"strconv"
 	"unicode/utf8"
 )
@@ -504,12 +505,13 @@ const (
 	swarHighs = 0x8080808080808080
 )
 
-// swarSpecial reports whether any byte of w is '"', '\\' or below 0x20. Each term is the
-// exact "has a zero byte" / "has a byte below n" test; false positives cannot happen.
-func swarSpecial(w uint64) bool {
+// swarSpecial returns a mask with the high bit set in every byte of w that is '"',
+// '\\' or below 0x20, in little-endian order. Bits above the first special byte may be
+// spurious (borrows), but the lowest set bit is exact, which is all the scanner uses.
+func swarSpecial(w uint64) uint64 {
 	q := w ^ (swarOnes * '"')
 	s := w ^ (swarOnes * '\\')
-	return ((q-swarOnes)&^q|(s-swarOnes)&^s|(w-swarOnes*0x20)&^w)&swarHighs != 0
+	return ((q-swarOnes)&^q | (s-swarOnes)&^s | (w-swarOnes*0x20)&^w) & swarHighs
 }
 
 // scanString validates the string starting at b[i] == '"' and returns the offset just
@@ -518,7 +520,11 @@ func scanString(b []byte, i int) (int, error) {
 	start := i
 	i++
 	for {
-		for i+8 <= len(b) && !swarSpecial(binary.LittleEndian.Uint64(b[i:])) {
+		for i+8 <= len(b) {
+			if m := swarSpecial(binary.LittleEndian.Uint64(b[i:])); m != 0 {
+				i += bits.TrailingZeros64(m) >> 3 // jump to the first special byte
+				break
+			}
 			i += 8
 		}
 		if i >= len(b) {

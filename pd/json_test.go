@@ -1,8 +1,10 @@
 package pd
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"math/bits"
 	"strings"
 	"testing"
 )
@@ -212,12 +214,16 @@ func TestSwarSpecial(t *testing.T) {
 				b[i] = 'a'
 			}
 			b[pos] = byte(c)
-			w := uint64(0)
-			for i := 7; i >= 0; i-- {
-				w = w<<8 | uint64(b[i])
+			w := binary.LittleEndian.Uint64(b[:])
+			m := swarSpecial(w)
+			if (m != 0) != want || (want && bits.TrailingZeros64(m)>>3 != pos) {
+				t.Fatalf("byte %#x at %d: mask %#x, want special=%v", c, pos, m, want)
 			}
-			if got := swarSpecial(w); got != want {
-				t.Fatalf("byte %#x at %d: got %v want %v", c, pos, got, want)
+			// A special byte before this one is found first, whatever follows.
+			b[0] = '"'
+			w = binary.LittleEndian.Uint64(b[:])
+			if m := swarSpecial(w); bits.TrailingZeros64(m)>>3 != 0 {
+				t.Fatalf("byte %#x at %d after a quote: mask %#x", c, pos, m)
 			}
 		}
 	}

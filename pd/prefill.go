@@ -180,7 +180,8 @@ func (e *LegError) Unwrap() error { return e.Err }
 // to up with the deadline, and appends the response body to dst (uncompressed if the
 // worker compressed it anyway). It returns the status and body whenever a response
 // arrived, so a 4xx body can be relayed to the client; a non-2xx status or no response
-// is a *LegError. With a dst of enough capacity a successful leg allocates nothing.
+// is a *LegError. With a dst of enough capacity, Prefill adds no allocation to the
+// Upstream's own.
 func Prefill(dst []byte, up Upstream, req *fasthttp.Request, deadline time.Time) (body []byte, status int, err error) {
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseResponse(resp)
