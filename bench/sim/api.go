@@ -61,8 +61,7 @@ func (s *Server) common(ctx *fasthttp.RequestCtx, rid, model string, prompt []in
 		return nil, &requestError{status: 404, typ: "NotFoundError", param: "model",
 			msg: fmt.Sprintf("The model `%s` does not exist.", model)}
 	}
-	g := &genRequest{requestID: rid, model: s.cfg.Model, created: time.Now().Unix(), prompt: prompt, maxTokens: -1,
-		engine: strconv.Itoa(s.cfg.DataParallelRank)}
+	g := &genRequest{requestID: rid, model: s.cfg.Model, created: time.Now().Unix(), prompt: prompt, maxTokens: -1}
 	if model != "" {
 		g.model = model
 	}
@@ -94,14 +93,16 @@ func (s *Server) common(ctx *fasthttp.RequestCtx, rid, model string, prompt []in
 	}
 	// X-data-parallel-rank pins the request to one engine; vLLM ignores a value that is
 	// not an integer and its engine core rejects one out of range.
+	rank := -1
 	if v := ctx.Request.Header.Peek("X-data-parallel-rank"); len(v) > 0 {
-		if rank, err := strconv.Atoi(string(v)); err == nil {
-			if s.cfg.DataParallelSize > 1 && (rank < 0 || rank >= s.cfg.DataParallelSize) {
-				return nil, badRequest("", "Requested DP rank %d is out of range [0, %d)", rank, s.cfg.DataParallelSize)
+		if r, err := strconv.Atoi(string(v)); err == nil {
+			if s.cfg.DataParallelSize > 1 && (r < 0 || r >= s.cfg.DataParallelSize) {
+				return nil, badRequest("", "Requested DP rank %d is out of range [0, %d)", r, s.cfg.DataParallelSize)
 			}
-			g.engine = strconv.Itoa(rank)
+			rank = r
 		}
 	}
+	g.engine = s.pickEngine(rank)
 	return g, nil
 }
 

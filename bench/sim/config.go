@@ -54,8 +54,16 @@ type Config struct {
 	// X-data-parallel-rank header at or beyond it is a 400, as vLLM's engine core rejects
 	// it. Default 1; zero means 1.
 	DataParallelSize int
-	// DataParallelRank is the engine label for requests without an X-data-parallel-rank
-	// header (vLLM --data-parallel-rank with external load balancing). Default 0.
+	// DataParallelSize engines are simulated, each with its own running slots
+	// (MaxNumSeqs applies per engine, as in vLLM), prefix cache and engine label. A request
+	// with X-data-parallel-rank goes to that engine, others to the least loaded one.
+	//
+	// DataParallelExternalLB makes this process a single DP rank of a larger deployment
+	// (vLLM --data-parallel-rank, external load balancing): one engine, labelled
+	// DataParallelRank. Default false.
+	DataParallelExternalLB bool
+	// DataParallelRank is this process's rank under DataParallelExternalLB; it also
+	// offsets the side-channel port. Default 0.
 	DataParallelRank int
 	// TensorParallelSize is reported as tp_size in kv_transfer_params. Default 1; zero
 	// means 1.
@@ -226,8 +234,8 @@ func (c *Config) validate() error {
 	if c.Model == "" {
 		return fmt.Errorf("%w: model name is empty", ErrInvalidConfig)
 	}
-	if c.DataParallelRank < 0 {
-		return fmt.Errorf("%w: data_parallel_rank %d is negative", ErrInvalidConfig, c.DataParallelRank)
+	if c.DataParallelRank < 0 || (c.DataParallelExternalLB && c.DataParallelRank >= c.DataParallelSize) {
+		return fmt.Errorf("%w: data_parallel_rank %d outside [0, %d)", ErrInvalidConfig, c.DataParallelRank, c.DataParallelSize)
 	}
 	if c.TTFTBase < 0 || c.PrefillPerToken < 0 || c.InterTokenLatency < 0 {
 		return fmt.Errorf("%w: timings must not be negative", ErrInvalidConfig)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
@@ -49,8 +50,45 @@ type genRequest struct {
 	stream       bool
 	includeUsage bool
 	kv           *kvTransferParams
-	engine       string
+	engine       *engine
 	fault        Fault
+}
+
+// engine is one simulated data-parallel engine: its own running slots, waiting queue,
+// prefix cache and KV blocks, as each vLLM DP engine has.
+type engine struct {
+	label            string // the metrics "engine" label: the DP rank
+	cache            *prefixCache
+	slots            chan struct{}
+	running, waiting atomic.Int64
+	runningBlocks    atomic.Int64
+}
+
+func newEngine(cfg *Config, rank int) *engine {
+	return &engine{
+		label: strconv.Itoa(rank),
+		cache: newPrefixCache(cfg.BlockSize, cfg.CacheBlocks),
+		slots: make(chan struct{}, cfg.MaxNumSeqs),
+	}
+}
+
+// pickEngine returns the engine a request runs on: the one X-data-parallel-rank names
+// (rank < 0: none named), else the least loaded, as vLLM's internal load balancer does.
+func (s *Server) pickEngine(rank int) *engine {
+	if rank >= 0 {
+		for _, e := range s.engines {
+			if e.label == strconv.Itoa(rank) {
+				return e
+			}
+		}
+	}
+	best := s.engines[0]
+	for _, e := range s.engines[1:] {
+		if e.running.Load()+e.waiting.Load() < best.running.Load()+best.waiting.Load() {
+			best = e
+		}
+	}
+	return best
 }
 
 // genResult is what a finished generation produced.
@@ -94,13 +132,15 @@ func (s *Server) plan(g *genRequest) (int, string) {
 
 // admit waits for a running slot (FIFO through the channel), counting the request as
 // waiting meanwhile, and returns the release function.
-func (s *Server) admit(engine string) (func(), error) {
+func (s *Server) admit(e *engine) (func(), error) {
 	c := &s.stats
 	storeMax(&c.peakWaiting, c.waiting.Add(1))
-	waitingGauge := s.metrics.waiting.WithLabelValues(s.cfg.Model, engine)
+	e.waiting.Add(1)
+	waitingGauge := s.metrics.waiting.WithLabelValues(s.cfg.Model, e.label)
 	waitingGauge.Inc()
 	leave := func() {
 		c.waiting.Add(-1)
+		e.waiting.Add(-1)
 		waitingGauge.Dec()
 	}
 	for gate := s.pauseGate(); gate != nil; gate = s.pauseGate() {
@@ -112,21 +152,23 @@ func (s *Server) admit(engine string) (func(), error) {
 		}
 	}
 	select {
-	case s.slots <- struct{}{}:
+	case e.slots <- struct{}{}:
 	case <-s.closing:
 		leave()
 		return nil, errShuttingDown
 	}
 	leave()
 	storeMax(&c.peakRunning, c.running.Add(1))
-	runningGauge := s.metrics.running.WithLabelValues(s.cfg.Model, engine)
+	e.running.Add(1)
+	runningGauge := s.metrics.running.WithLabelValues(s.cfg.Model, e.label)
 	runningGauge.Inc()
 	return func() {
 		// Count the request out before freeing its slot, so running never reads above
 		// MaxNumSeqs.
 		c.running.Add(-1)
+		e.running.Add(-1)
 		runningGauge.Dec()
-		<-s.slots
+		<-e.slots
 	}, nil
 }
 
@@ -164,10 +206,13 @@ func (s *Server) sleep(d time.Duration) bool {
 
 func scale(d time.Duration, f float64) time.Duration { return time.Duration(float64(d) * f) }
 
-func (s *Server) updateKVUsage(engine string) {
-	_, leased := s.leases.active()
-	used := float64(s.runningBlocks.Load()+int64(leased)) / float64(s.cfg.CacheBlocks)
-	s.metrics.kvUsage.WithLabelValues(s.cfg.Model, engine).Set(min(used, 1))
+// updateKVUsage sets vllm:kv_cache_usage_perc of e: blocks held by running requests and
+// by prefill leases over the capacity. Blocks only cached (evictable) do not count, as in
+// vLLM's block pool.
+func (s *Server) updateKVUsage(e *engine) {
+	_, leased := s.leases.active(e)
+	used := float64(e.runningBlocks.Load()+int64(leased)) / float64(s.cfg.CacheBlocks)
+	s.metrics.kvUsage.WithLabelValues(s.cfg.Model, e.label).Set(min(used, 1))
 }
 
 // run simulates one request: queue, prefill (shortened by prefix-cache hits or a claimed
@@ -183,10 +228,11 @@ func (s *Server) run(g *genRequest, emit func(i int, finish string) error) (*gen
 	defer release()
 
 	slow := g.fault.slow()
-	model, engine := s.cfg.Model, g.engine
+	model, eng := s.cfg.Model, g.engine
+	engine := eng.label
 	res := &genResult{leg: legOf(g.kv)}
 	hashes := blockHashes(g.prompt, s.cfg.BlockSize)
-	cached := s.cache.match(hashes, len(g.prompt))
+	cached := eng.cache.match(hashes, len(g.prompt))
 	s.stats.prefixQueries.Add(uint64(len(g.prompt)))
 	s.stats.prefixHits.Add(uint64(cached))
 	s.metrics.prefixQueries.WithLabelValues(model, engine).Add(float64(len(g.prompt)))
@@ -218,11 +264,11 @@ func (s *Server) run(g *genRequest, emit func(i int, finish string) error) (*gen
 
 	n, finish := s.plan(g)
 	blocks := int64((len(g.prompt) + n + s.cfg.BlockSize - 1) / s.cfg.BlockSize)
-	s.runningBlocks.Add(blocks)
-	s.updateKVUsage(engine)
+	eng.runningBlocks.Add(blocks)
+	s.updateKVUsage(eng)
 	defer func() {
-		s.runningBlocks.Add(-blocks)
-		s.updateKVUsage(engine)
+		eng.runningBlocks.Add(-blocks)
+		s.updateKVUsage(eng)
 	}()
 
 	ttft := scale(s.cfg.TTFTBase+time.Duration(len(g.prompt)-cached)*s.cfg.PrefillPerToken, slow)
@@ -230,7 +276,7 @@ func (s *Server) run(g *genRequest, emit func(i int, finish string) error) (*gen
 		s.stats.aborted.Add(1)
 		return nil, errShuttingDown
 	}
-	s.cache.store(hashes)
+	eng.cache.store(hashes)
 	s.stats.promptTokens.Add(uint64(len(g.prompt)))
 	s.metrics.promptTokens.WithLabelValues(model, engine).Add(float64(len(g.prompt)))
 
@@ -269,7 +315,7 @@ func (s *Server) run(g *genRequest, emit func(i int, finish string) error) (*gen
 	}
 	// As in vLLM, the KV of generated tokens is cached too, so the next turn of a
 	// conversation (prompt + this answer + more) hits past this prompt.
-	s.cache.store(blockHashes(append(append(make([]int, 0, len(g.prompt)+n), g.prompt...), res.tokens...), s.cfg.BlockSize))
+	eng.cache.store(blockHashes(append(append(make([]int, 0, len(g.prompt)+n), g.prompt...), res.tokens...), s.cfg.BlockSize))
 	s.stats.completed.Add(1)
 	s.metrics.success.WithLabelValues(model, engine, finish).Inc()
 	s.metrics.e2e.WithLabelValues(model, engine).Observe(time.Since(start).Seconds())
@@ -285,7 +331,7 @@ func (s *Server) finishPrefillLeg(g *genRequest, res *genResult) {
 	}
 	nblocks := (len(g.prompt) + s.cfg.BlockSize - 1) / s.cfg.BlockSize
 	id := g.internalID()
-	ids := s.leases.issue(id, nblocks, promptHash(g.prompt), scale(s.cfg.KVLeaseDuration, 1))
+	ids := s.leases.issue(g.engine, id, nblocks, promptHash(g.prompt), s.cfg.KVLeaseDuration)
 	s.stats.leasesIssued.Add(1)
 	s.updateKVUsage(g.engine)
 	res.kvOut = &kvTransferOut{
@@ -314,13 +360,13 @@ func (s *Server) serveGeneration(ctx *fasthttp.RequestCtx, g *genRequest, f form
 	fault, changed := s.fault.get()
 	if status, fail := s.fault.shouldFail(); fail {
 		s.stats.injectedFailures.Add(1)
-		s.metrics.injectedFaults.WithLabelValues(s.cfg.Model, g.engine, "fail").Inc()
+		s.metrics.injectedFaults.WithLabelValues(s.cfg.Model, g.engine.label, "fail").Inc()
 		writeError(ctx, status, errorType(status), "simulated failure (fault injection)", "")
 		return
 	}
 	if fault.Hang {
 		s.stats.hangs.Add(1)
-		s.metrics.injectedFaults.WithLabelValues(s.cfg.Model, g.engine, "hang").Inc()
+		s.metrics.injectedFaults.WithLabelValues(s.cfg.Model, g.engine.label, "hang").Inc()
 		for fault.Hang {
 			select {
 			case <-changed:
@@ -333,7 +379,7 @@ func (s *Server) serveGeneration(ctx *fasthttp.RequestCtx, g *genRequest, f form
 	}
 	g.fault = fault
 	s.stats.mu.Lock()
-	s.stats.byEngine[g.engine]++
+	s.stats.byEngine[g.engine.label]++
 	s.stats.mu.Unlock()
 
 	if !g.stream {

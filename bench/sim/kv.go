@@ -77,6 +77,7 @@ const (
 var errClaimRefused = errors.New("kv claim refused")
 
 type kvLease struct {
+	engine     *engine
 	requestID  string
 	blockIDs   []int
 	promptHash uint64
@@ -86,7 +87,7 @@ type kvLease struct {
 // leaseTable holds this worker's live prefill leases.
 type leaseTable struct {
 	engineID string
-	onExpire func()
+	onExpire func(*engine)
 
 	mu        sync.Mutex
 	leases    map[string]*kvLease
@@ -94,7 +95,7 @@ type leaseTable struct {
 	closed    bool
 }
 
-func newLeaseTable(onExpire func()) *leaseTable {
+func newLeaseTable(onExpire func(*engine)) *leaseTable {
 	return &leaseTable{onExpire: onExpire, leases: make(map[string]*kvLease)}
 }
 
@@ -105,8 +106,8 @@ func (t *leaseTable) setEngineID(id string) {
 	t.engineID = id
 }
 
-// issue leases nblocks fresh block ids to requestID for d.
-func (t *leaseTable) issue(requestID string, nblocks int, promptHash uint64, d time.Duration) []int {
+// issue leases nblocks fresh block ids of engine e to requestID for d.
+func (t *leaseTable) issue(e *engine, requestID string, nblocks int, promptHash uint64, d time.Duration) []int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	ids := make([]int, nblocks)
@@ -114,7 +115,7 @@ func (t *leaseTable) issue(requestID string, nblocks int, promptHash uint64, d t
 		ids[i] = t.nextBlock
 		t.nextBlock++
 	}
-	l := &kvLease{requestID: requestID, blockIDs: ids, promptHash: promptHash}
+	l := &kvLease{engine: e, requestID: requestID, blockIDs: ids, promptHash: promptHash}
 	if t.closed {
 		return ids
 	}
@@ -131,40 +132,44 @@ func (t *leaseTable) expire(l *kvLease) {
 	}
 	t.mu.Unlock()
 	if ok && cur == l {
-		t.onExpire()
+		t.onExpire(l.engine)
 	}
 }
 
-// claim releases the lease named by c if it matches; otherwise it says why not.
-func (t *leaseTable) claim(c kvClaim) (bool, string) {
+// claim releases the lease named by c if it matches, returning its engine; otherwise it
+// says why not.
+func (t *leaseTable) claim(c kvClaim) (*engine, string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if c.RemoteEngineID != t.engineID {
-		return false, "unknown engine id " + strconv.Quote(c.RemoteEngineID)
+		return nil, "unknown engine id " + strconv.Quote(c.RemoteEngineID)
 	}
 	l, ok := t.leases[c.RemoteRequestID]
 	if !ok {
-		return false, "no live lease for request " + strconv.Quote(c.RemoteRequestID)
+		return nil, "no live lease for request " + strconv.Quote(c.RemoteRequestID)
 	}
 	if !equalInts(l.blockIDs, c.RemoteBlockIDs) {
-		return false, "block ids do not match the lease"
+		return nil, "block ids do not match the lease"
 	}
 	if strconv.FormatUint(l.promptHash, 16) != c.PromptHash {
-		return false, "prompt differs from the prefill leg's prompt"
+		return nil, "prompt differs from the prefill leg's prompt"
 	}
 	l.timer.Stop()
 	delete(t.leases, c.RemoteRequestID)
-	return true, ""
+	return l.engine, ""
 }
 
-// active counts live leases and the blocks they pin.
-func (t *leaseTable) active() (leases, blocks int) {
+// active counts live leases and the blocks they pin on engine e (all engines if nil).
+func (t *leaseTable) active(e *engine) (leases, blocks int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, l := range t.leases {
-		blocks += len(l.blockIDs)
+		if e == nil || l.engine == e {
+			leases++
+			blocks += len(l.blockIDs)
+		}
 	}
-	return len(t.leases), blocks
+	return leases, blocks
 }
 
 // close stops every timer; leases pending at shutdown are neither claimed nor expired.
@@ -240,11 +245,12 @@ func (s *Server) serveKVClaim(ctx *fasthttp.RequestCtx) {
 		writeJSON(ctx, fasthttp.StatusBadRequest, kvClaimReply{Reason: "bad claim body: " + err.Error()})
 		return
 	}
-	ok, reason := s.leases.claim(c)
-	if !ok {
+	e, reason := s.leases.claim(c)
+	if e == nil {
 		writeJSON(ctx, fasthttp.StatusConflict, kvClaimReply{Reason: reason})
 		return
 	}
 	s.stats.leasesClaimed.Add(1)
+	s.updateKVUsage(e)
 	writeJSON(ctx, fasthttp.StatusOK, kvClaimReply{Claimed: true})
 }

@@ -110,8 +110,12 @@ var cliFlags = []cliFlag{
 		o.cfg.APIKeys = append(o.cfg.APIKeys, v)
 		return nil
 	}},
-	{[]string{"data-parallel-size", "dp"}, "N", "DP size: X-data-parallel-rank >= N is a 400 (default 1)", intFlag(1, func(o *mainOptions) *int { return &o.cfg.DataParallelSize })},
-	{[]string{"data-parallel-rank", "dpn"}, "RANK", "this process's DP rank: the default engine label (default 0)", intFlag(0, func(o *mainOptions) *int { return &o.cfg.DataParallelRank })},
+	{[]string{"data-parallel-size", "dp"}, "N", "DP engines, each with its own slots and cache; X-data-parallel-rank >= N is a 400 (default 1)", intFlag(1, func(o *mainOptions) *int { return &o.cfg.DataParallelSize })},
+	{[]string{"data-parallel-rank", "dpn"}, "RANK", "this process is DP rank RANK alone (external load balancing)", func(o *mainOptions, v string) error {
+		o.cfg.DataParallelExternalLB = true
+		return intFlag(0, func(o *mainOptions) *int { return &o.cfg.DataParallelRank })(o, v)
+	}},
+	{[]string{"data-parallel-external-lb", "dpe"}, "", "one engine per process (with --data-parallel-rank)", boolFlag(func(o *mainOptions) *bool { return &o.cfg.DataParallelExternalLB })},
 	{[]string{"tensor-parallel-size", "tp"}, "N", "reported as tp_size in kv_transfer_params (default 1)", intFlag(1, func(o *mainOptions) *int { return &o.cfg.TensorParallelSize })},
 	{[]string{"kv-transfer-config"}, "JSON", "vLLM KV connector config; kv_connector_extra_config.kv_lease_duration (seconds) sets the lease", func(o *mainOptions, v string) error {
 		var kc struct {
@@ -162,7 +166,7 @@ var vllmBooleanFlags = map[string]bool{
 	"enable-expert-parallel": true, "ep": true, "headless": true, "enable-request-id-headers": true,
 	"enable-server-load-tracking": true, "disable-log-requests": true, "enable-log-requests": true,
 	"disable-log-stats": true, "enable-dbo": true, "enable-eplb": true, "enable-elastic-ep": true,
-	"data-parallel-hybrid-lb": true, "dph": true, "data-parallel-external-lb": true, "dpe": true,
+	"data-parallel-hybrid-lb": true, "dph": true,
 	"enable-lora": true, "enable-auto-tool-choice": true, "enable-sleep-mode": true,
 	"enable-force-include-usage": true, "enable-prompt-tokens-details": true,
 	"disable-frontend-multiprocessing": true, "disable-custom-all-reduce": true,

@@ -38,6 +38,7 @@ func TestParseVLLMServeArgv(t *testing.T) {
 		{"tp", c.TensorParallelSize, 2},
 		{"dp", c.DataParallelSize, 4},
 		{"dp rank", c.DataParallelRank, 1},
+		{"external lb", c.DataParallelExternalLB, true},
 		{"max model len", c.MaxModelLen, 40960},
 		{"max num seqs", c.MaxNumSeqs, 64},
 		{"block size", c.BlockSize, 32},

@@ -76,15 +76,6 @@ func newMetrics(cfg *Config) *metrics {
 	m.registry.MustRegister(info)
 	info.WithLabelValues(strconv.Itoa(cfg.BlockSize), strconv.Itoa(cfg.CacheBlocks), "True").Set(1)
 
-	// Series exist from the start, as in vLLM, so scrapers see zeros rather than nothing.
-	// With external load balancing (a rank given) this process is that one engine.
-	if cfg.DataParallelRank > 0 {
-		m.touch(cfg.Model, strconv.Itoa(cfg.DataParallelRank))
-	} else {
-		for e := 0; e < cfg.DataParallelSize; e++ {
-			m.touch(cfg.Model, strconv.Itoa(e))
-		}
-	}
 	m.handler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
 	return m
 }

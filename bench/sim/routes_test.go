@@ -181,6 +181,43 @@ func TestDataParallelRankHeader(t *testing.T) {
 	}
 }
 
+// TestDataParallelEnginesAreSeparate: each DP engine has its own prefix cache and its own
+// max-num-seqs, so a router that pins a session to a rank gets the cache hits.
+func TestDataParallelEnginesAreSeparate(t *testing.T) {
+	cfg := testConfig()
+	cfg.DataParallelSize = 2
+	ts := start(t, cfg)
+	body := `{"prompt":"` + strings.Repeat("w ", 40) + `","max_tokens":1}`
+	cached := func(rank string) any {
+		return get(post(t, ts.url+"/v1/completions", body, "X-data-parallel-rank", rank).json(t), "usage", "prompt_tokens_details", "cached_tokens")
+	}
+	if c := cached("0"); c != 0.0 {
+		t.Fatalf("cold rank 0 cached %v", c)
+	}
+	if c := cached("1"); c != 0.0 {
+		t.Errorf("rank 1 cached %v: it must not see rank 0's cache", c)
+	}
+	if c := cached("0"); c != 32.0 {
+		t.Errorf("warm rank 0 cached %v, want 32", c)
+	}
+	// Without the header, requests spread to the least loaded engine.
+	cfg.MaxNumSeqs, cfg.InterTokenLatency = 1, 20*time.Millisecond
+	ts = start(t, cfg)
+	done := make(chan struct{})
+	for i := 1; i <= 2; i++ {
+		go func() {
+			post(t, ts.url+"/v1/completions", `{"prompt":"x","max_tokens":5}`)
+			done <- struct{}{}
+		}()
+		eventually(t, "the request running", func() bool { return ts.Stats().Running == int64(i) })
+	}
+	<-done
+	<-done
+	if st := ts.Stats(); st.ByEngine["0"] != 1 || st.ByEngine["1"] != 1 {
+		t.Errorf("by engine %v; want one request on each", st.ByEngine)
+	}
+}
+
 func TestPauseHoldsNewRequests(t *testing.T) {
 	ts := start(t, testConfig())
 	if r := post(t, ts.url+"/pause", ""); r.status != 200 {

@@ -35,7 +35,7 @@ type Server struct {
 	cfg     Config
 	log     *zap.Logger
 	metrics *metrics
-	cache   *prefixCache
+	engines []*engine
 	leases  *leaseTable
 	fault   faultState
 
@@ -44,7 +44,6 @@ type Server struct {
 	claimClient *fasthttp.Client
 	apiKeys     [][sha256.Size]byte
 
-	slots   chan struct{}
 	closing chan struct{}
 	stop    sync.Once
 	started atomic.Bool
@@ -56,9 +55,8 @@ type Server struct {
 	name, engineID, sideHost string
 	sidePort                 int
 
-	reqSeq        atomic.Uint64
-	runningBlocks atomic.Int64
-	stats         counters
+	reqSeq atomic.Uint64
+	stats  counters
 }
 
 // counters are the Stats sources.
@@ -120,8 +118,6 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 		cfg:     cfg,
 		log:     log,
 		metrics: newMetrics(&cfg),
-		cache:   newPrefixCache(cfg.BlockSize, cfg.CacheBlocks),
-		slots:   make(chan struct{}, cfg.MaxNumSeqs),
 		closing: make(chan struct{}),
 		claimClient: &fasthttp.Client{
 			ReadTimeout:  cfg.KVClaimTimeout,
@@ -130,6 +126,17 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 	}
 	s.stats.byEngine = make(map[string]uint64)
 	s.leases = newLeaseTable(s.leaseExpired)
+	if cfg.DataParallelExternalLB {
+		s.engines = []*engine{newEngine(&cfg, cfg.DataParallelRank)}
+	} else {
+		for r := 0; r < cfg.DataParallelSize; r++ {
+			s.engines = append(s.engines, newEngine(&cfg, r))
+		}
+	}
+	// Series exist from the start, as in vLLM, so scrapers see zeros rather than nothing.
+	for _, e := range s.engines {
+		s.metrics.touch(cfg.Model, e.label)
+	}
 	for _, k := range cfg.APIKeys {
 		s.apiKeys = append(s.apiKeys, sha256.Sum256([]byte(k)))
 	}
@@ -257,10 +264,12 @@ func (s *Server) Stats() Stats {
 		InjectedFailures: c.injectedFailures.Load(), Hangs: c.hangs.Load(), StreamsCut: c.streamsCut.Load(),
 		Running: c.running.Load(), Waiting: c.waiting.Load(),
 		PeakRunning: c.peakRunning.Load(), PeakWaiting: c.peakWaiting.Load(),
-		CachedBlocks: s.cache.blocks(),
-		ByEngine:     make(map[string]uint64),
+		ByEngine: make(map[string]uint64),
 	}
-	st.LeasesActive, _ = s.leases.active()
+	for _, e := range s.engines {
+		st.CachedBlocks += e.cache.blocks()
+	}
+	st.LeasesActive, _ = s.leases.active(nil)
 	c.mu.Lock()
 	for k, v := range c.byEngine {
 		st.ByEngine[k] = v
@@ -269,10 +278,10 @@ func (s *Server) Stats() Stats {
 	return st
 }
 
-func (s *Server) leaseExpired() {
+func (s *Server) leaseExpired(e *engine) {
 	s.stats.leasesExpired.Add(1)
-	s.metrics.kvExpired.WithLabelValues(s.cfg.Model, strconv.Itoa(s.cfg.DataParallelRank)).Inc()
-	s.updateKVUsage(strconv.Itoa(s.cfg.DataParallelRank))
+	s.metrics.kvExpired.WithLabelValues(s.cfg.Model, e.label).Inc()
+	s.updateKVUsage(e)
 }
 
 // handleSideChannel serves the separate side-channel listener.
@@ -350,7 +359,9 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	case "/update_weights", "/reset_prefix_cache", "/flush_cache":
 		// A weight update makes every cached block stale, so it clears the cache too.
 		r = route{fasthttp.MethodPost, func(ctx *fasthttp.RequestCtx, _ string) {
-			s.cache.reset()
+			for _, e := range s.engines {
+				e.cache.reset()
+			}
 			ctx.SetStatusCode(fasthttp.StatusOK)
 		}}
 	case "/sim/fault":
