@@ -189,19 +189,28 @@ func buildPlan(cfg *Config, hosts []string, opts PlanOptions) (*Plan, error) {
 
 func shapeOf(c *Config) (shape, summary string) {
 	d := c.Deployment
-	reps := fmt.Sprintf("%d inference replica(s) × %d node(s)", c.Replicas, d.NumNodes)
+	reps := fmt.Sprintf("%s × %s", plural(c.Replicas, "inference replica"), plural(d.NumNodes, "node"))
 	switch {
 	case d.Type == Disaggregated:
 		perNode := d.GPUsPerNode / c.TP
-		return string(Disaggregated), fmt.Sprintf("%s: prefill %d replica(s) × %d node(s), decode %d replica(s) × %d node(s); tp=%d, %d rank(s) per node, one vllm serve per rank",
-			reps, d.Prefill.Replicas, d.Prefill.NodesPerReplica, d.Decode.Replicas, d.Decode.NodesPerReplica, c.TP, perNode)
+		return string(Disaggregated), fmt.Sprintf("%s: prefill %s × %s, decode %s × %s; tp=%d, %s per node, one vllm serve per rank",
+			reps, plural(d.Prefill.Replicas, "replica"), plural(d.Prefill.NodesPerReplica, "node"), plural(d.Decode.Replicas, "replica"),
+			plural(d.Decode.NodesPerReplica, "node"), c.TP, plural(perNode, "rank"))
 	case c.WideEP():
-		return "multi_node (wide-EP)", fmt.Sprintf("%s: one expert-parallel group per replica, tp=%d dp=%d, %d rank(s) per node", reps, c.TP, max(c.DP, 1), max(c.DP, 1)/d.NumNodes)
+		return "multi_node (wide-EP)", fmt.Sprintf("%s: one expert-parallel group per replica, tp=%d dp=%d, %s per node", reps, c.TP, max(c.DP, 1), plural(max(c.DP, 1)/d.NumNodes, "rank"))
 	case d.Type == MultiNode:
 		return "multi_node (multi-replica)", fmt.Sprintf("%s: one independent engine per node, tp=%d dp=%d", reps, c.TP, max(c.DP, 1))
 	default:
 		return string(SingleNode), fmt.Sprintf("%s: tp=%d dp=%d", reps, c.TP, max(c.DP, 1))
 	}
+}
+
+// plural is "1 node" or "2 nodes".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.Itoa(n) + " " + noun + "s"
 }
 
 type planBuilder struct {
@@ -372,7 +381,9 @@ func (b *planBuilder) disaggregatedGroup(r int, kind ProcessRole, rr int, role R
 					"--data-parallel-rank", strconv.Itoa(rank), "--data-parallel-address", head.Host,
 					"--data-parallel-rpc-port", strconv.Itoa(dpRPCPort))
 			}
-			proc.Argv = append(proc.Argv, "--api-server-count", "1")
+			if _, own := c.VLLMExtra["api_server_count"]; !own {
+				proc.Argv = append(proc.Argv, "--api-server-count", "1")
+			}
 			proc.Argv = append(proc.Argv, b.featureFlags(kind)...)
 			n.Processes = append(n.Processes, proc)
 			urls = append(urls, proc.URL)
@@ -406,7 +417,7 @@ func (b *planBuilder) featureFlags(role ProcessRole) []string {
 		f = append(f, "--enable-prefix-caching")
 	}
 	if role == RoleDecode {
-		f = append(f, "--compilation-config", `{"cudagraph_mode":"FULL_DECODE_ONLY"}`)
+		f = append(f, "--compilation-config", decodeCompilationConfig(c.VLLMExtra["compilation_config"]))
 	}
 	if kv := kvTransferConfig(c, role); kv != "" {
 		f = append(f, "--kv-transfer-config", kv)
@@ -418,9 +429,28 @@ func (b *planBuilder) featureFlags(role ProcessRole) []string {
 		if k == "enable_prefix_caching" && c.KVCacheOffload != nil {
 			continue // already on
 		}
+		if k == "compilation_config" && role == RoleDecode {
+			continue // merged above
+		}
 		f = append(f, extraFlag(k, c.VLLMExtra[k])...)
 	}
 	return f
+}
+
+// decodeCompilationConfig is the decode engines' compilation config: the user's table
+// with cudagraph_mode FULL_DECODE_ONLY unless the user chose a mode.
+func decodeCompilationConfig(user any) string {
+	cc := map[string]any{}
+	if m, ok := user.(map[string]any); ok {
+		for k, v := range m {
+			cc[k] = v
+		}
+	}
+	if _, ok := cc["cudagraph_mode"]; !ok {
+		cc["cudagraph_mode"] = "FULL_DECODE_ONLY"
+	}
+	js, _ := json.Marshal(cc) // decoded TOML always marshals
+	return string(js)
 }
 
 // extraFlag renders one vllm_extra entry the way vLLM's argparse reads it.

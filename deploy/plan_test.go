@@ -220,7 +220,7 @@ enable_eplb = true
 [trainer]
 enable_router_replay = true
 [inference.vllm_extra]
-headless = false
+enable_chunked_prefill = false
 max-model-len = 4096
 gpu_memory_utilization = 0.85
 compilation_config = {level = 3}
@@ -234,7 +234,7 @@ served_model_name = "x"
 		t.Fatal(err)
 	}
 	got := shellJoin(plan.Nodes[0].Processes[0].Argv)
-	want := `vllm serve m --host h --port 8100 --tensor-parallel-size 1 --enable-expert-parallel --enable-eplb --enable-dbo --enable-return-routed-experts --compilation-config '{"level":3}' --gpu-memory-utilization 0.85 --no-headless --max-model-len 4096 --served-model-name x`
+	want := `vllm serve m --host h --port 8100 --tensor-parallel-size 1 --enable-expert-parallel --enable-eplb --enable-dbo --enable-return-routed-experts --compilation-config '{"level":3}' --no-enable-chunked-prefill --gpu-memory-utilization 0.85 --max-model-len 4096 --served-model-name x`
 	if got != want {
 		t.Errorf("got  %s\nwant %s", got, want)
 	}
@@ -268,4 +268,29 @@ func indexOf(argv []string, s string) int {
 		}
 	}
 	return -1
+}
+
+// TestPlanDecodeOverrides: a user compilation_config is merged into the decode engines'
+// FULL_DECODE_ONLY default (one flag, not two), and api_server_count replaces the plan's 1.
+func TestPlanDecodeOverrides(t *testing.T) {
+	cfg, err := Parse([]byte("[inference]\nmodel = \"m\"\n[inference.deployment]\ntype = \"disaggregated\"\n[inference.vllm_extra]\ncompilation_config = {level = 3}\napi_server_count = 2\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := BuildPlan(cfg, nil, PlanOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pre, dec := plan.Nodes[0].Processes[0].Argv, plan.Nodes[1].Processes[0].Argv
+	if got := argValue(dec, "--compilation-config"); got != `{"cudagraph_mode":"FULL_DECODE_ONLY","level":3}` || strings.Count(strings.Join(dec, " "), "--compilation-config") != 1 {
+		t.Errorf("decode: %v", dec)
+	}
+	if got := argValue(pre, "--compilation-config"); got != `{"level":3}` {
+		t.Errorf("prefill: %v", pre)
+	}
+	for _, argv := range [][]string{pre, dec} {
+		if argValue(argv, "--api-server-count") != "2" || strings.Count(strings.Join(argv, " "), "--api-server-count") != 1 {
+			t.Errorf("api-server-count: %v", argv)
+		}
+	}
 }

@@ -44,6 +44,7 @@ var managedFlags = map[string]string{
 	"enable_dbo":                   "inference.enable_dbo",
 	"enable_eplb":                  "inference.enable_eplb",
 	"enable_return_routed_experts": "inference.enable_return_routed_experts",
+	"headless":                     "the plan (a wide-EP group's secondary nodes run headless; an engine without HTTP cannot be health-checked or routed to)",
 }
 
 // protectedEnv may not be overridden: the plan owns them per worker.
@@ -76,6 +77,9 @@ func (c *Config) Validate() error {
 	}
 	if d.NumNodes < 1 {
 		bad("inference.deployment.num_nodes", "%d: must be at least 1", d.NumNodes)
+	}
+	if d.Type == SingleNode && d.NumNodes != 1 {
+		bad("inference.deployment.num_nodes", "%d: single_node runs on 1 node; use type = \"multi_node\" for more", d.NumNodes)
 	}
 	if c.Replicas < 1 {
 		bad("deployment.num_infer_replicas", "%d: must be at least 1", c.Replicas)

@@ -53,6 +53,8 @@ func TestValidateRules(t *testing.T) {
 			"VLLM_ALL2ALL_BACKEND: disaggregated all2all backends are fixed"},
 		{"protected env", m + "[inference.deployment]\ntype = \"disaggregated\"\nprefill_env_overrides = {CUDA_VISIBLE_DEVICES = \"0\"}\n",
 			"CUDA_VISIBLE_DEVICES is set per worker by the plan"},
+		{"single_node is one node", m + "[inference.deployment]\nnum_nodes = 2\n", "single_node runs on 1 node"},
+		{"headless engines cannot be routed to", m + "[inference.vllm_extra]\nheadless = true\n", "inference.vllm_extra.headless: set by the launcher"},
 		{"managed vllm flag", m + "[inference.vllm_extra]\ntensor_parallel_size = 2\n", "inference.vllm_extra.tensor_parallel_size: set by the launcher; use inference.parallel.tp"},
 
 		// node counts add up
