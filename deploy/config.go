@@ -141,6 +141,8 @@ type KVCacheOffload struct {
 	DiskPath string
 	// DeviceName is the RDMA device list for mooncake; empty lets Mooncake choose.
 	DeviceName string
+
+	noCPUTier bool // the file had no [kv_cache_offload.cpu] table at all
 }
 
 // Slurm is [inference.slurm]: the sbatch settings. Command-line flags override them.
@@ -511,9 +513,7 @@ func (f *fileConfig) resolve() (*Config, error) {
 				return nil, fmt.Errorf("%w: inference.kv_cache_offload.disk.path is empty", ErrInvalidConfig)
 			}
 		}
-		if o.CPU == nil {
-			kv.CPUBytes = -1 // no cpu tier at all: Validate says "disk-only"
-		}
+		kv.noCPUTier = o.CPU == nil
 		cfg.KVCacheOffload = kv
 	}
 	if s := in.Slurm; s != nil {

@@ -148,9 +148,9 @@ func (c *Config) Validate() error {
 			bad("inference.kv_cache_offload.type", "%q: want native or mooncake", kv.Type)
 		}
 		switch {
-		case kv.CPUBytes == -1 && kv.DiskPath != "":
+		case kv.noCPUTier && kv.DiskPath != "":
 			bad("inference.kv_cache_offload", "disk-only offload is not supported: add [inference.kv_cache_offload.cpu] num_bytes (the disk tier sits behind a CPU tier)")
-		case kv.CPUBytes == -1:
+		case kv.noCPUTier:
 			bad("inference.kv_cache_offload.cpu", "required: set num_bytes, the CPU KV pool in bytes")
 		case kv.CPUBytes <= 0:
 			bad("inference.kv_cache_offload.cpu.num_bytes", "%d: must be > 0", kv.CPUBytes)
