@@ -125,7 +125,7 @@ func (p *CacheAware) Pick(r *Request, eps []Endpoint) (int, error) {
 	defer p.mu.Unlock()
 
 	ix := &p.index
-	matched, tenant := ix.match(r.Text, p.cfg.BlockSize)
+	matched, tenant, chain := ix.match(r.Text, p.cfg.BlockSize)
 	tenantID := ""
 	if tenant >= 0 {
 		tenantID = ix.tenants[tenant]
@@ -164,7 +164,7 @@ func (p *CacheAware) Pick(r *Request, eps []Endpoint) (int, error) {
 		float64(matched)/float64(len(r.Text)) > p.cfg.CacheThreshold {
 		choice = tenantAt
 	}
-	ix.insert(r.Text, p.cfg.BlockSize, ix.intern(eps[choice].ID()))
+	ix.insert(r.Text, p.cfg.BlockSize, matched, chain, ix.intern(eps[choice].ID()))
 	return choice, nil
 }
 
@@ -202,37 +202,44 @@ func blockKey(prev uint64, block []byte) uint64 {
 	return mix64(prev ^ xxhash.Sum64(block) ^ uint64(len(block))<<56)
 }
 
-// match returns how many bytes of text's longest indexed prefix there are and the
-// worker that last sent that prefix, or -1.
-func (ix *prefixIndex) match(text []byte, blockSize int) (matched int, tenant int32) {
-	tenant = -1
-	key := uint64(chainSeed)
+// match returns how many bytes of text's longest indexed prefix there are, the worker
+// that last sent that prefix (or -1), and the chain key after it. The matched entries are
+// left in ix.touched for insert.
+func (ix *prefixIndex) match(text []byte, blockSize int) (matched int, tenant int32, chain uint64) {
+	tenant, chain = -1, chainSeed
+	ix.touched = ix.touched[:0]
 	for off := 0; off < len(text); off += blockSize {
 		block := text[off:min(off+blockSize, len(text))]
-		key = blockKey(key, block)
+		key := blockKey(chain, block)
 		at, ok := ix.slots[key]
 		if !ok {
 			break
 		}
+		chain = key
 		matched += len(block)
 		tenant = ix.entries[at].tenant
+		ix.touched = append(ix.touched, at)
 	}
-	return matched, tenant
+	return matched, tenant, chain
 }
 
-// insert records every block of text under tenant and marks them most recently used,
-// finally in reverse order so a prefix always outlives its extensions under eviction.
-func (ix *prefixIndex) insert(text []byte, blockSize int, tenant int32) {
-	ix.touched = ix.touched[:0]
-	key := uint64(chainSeed)
-	for off := 0; off < len(text); off += blockSize {
-		key = blockKey(key, text[off:min(off+blockSize, len(text))])
-		at, ok := ix.slots[key]
-		if !ok {
-			at = ix.allocate(key)
-		}
+// insert records every block of text under tenant, given match's result for the same
+// text (its matched entries in ix.touched, so they are not looked up twice), and marks
+// them most recently used — finally in reverse order, so a prefix always outlives its
+// extensions under eviction.
+func (ix *prefixIndex) insert(text []byte, blockSize, matched int, chain uint64, tenant int32) {
+	for _, at := range ix.touched {
 		ix.entries[at].tenant = tenant
 		ix.moveToFront(at) // now, so this insert never evicts its own earlier blocks
+	}
+	for off := matched; off < len(text); off += blockSize {
+		chain = blockKey(chain, text[off:min(off+blockSize, len(text))])
+		at, ok := ix.slots[chain]
+		if !ok {
+			at = ix.allocate(chain)
+		}
+		ix.entries[at].tenant = tenant
+		ix.moveToFront(at)
 		ix.touched = append(ix.touched, at)
 	}
 	for k := len(ix.touched) - 1; k >= 0; k-- {

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -170,5 +171,42 @@ func TestCacheAwareConfig(t *testing.T) {
 	}
 	if _, err := NewCacheAware(ok); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCacheAwareConversationsStick: multi-turn conversations, each turn extending the last,
+// stay on the worker of their first turn while loads are even, and first turns spread.
+func TestCacheAwareConversationsStick(t *testing.T) {
+	p, err := NewCacheAware(DefaultCacheAwareConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	eps, _ := fleet(4)
+	const conversations, turns = 40, 6
+	home := make([]int, conversations)
+	perWorker := make([]int, 4)
+	texts := make([]string, conversations)
+	for turn := range turns {
+		for c := range conversations {
+			texts[c] += strings.Repeat(string(rune('a'+c%26)), 50) + " turn " + strings.Repeat("x", 90+turn) + "\n"
+			if turn == 0 {
+				texts[c] = fmt.Sprintf("conversation %d: ", c) + texts[c]
+			}
+			got, err := p.Pick(&Request{Text: []byte(texts[c])}, eps)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if turn == 0 {
+				home[c] = got
+				perWorker[got]++
+			} else if got != home[c] {
+				t.Fatalf("conversation %d turn %d went to %d, first turn to %d", c, turn, got, home[c])
+			}
+		}
+	}
+	for _, n := range perWorker {
+		if n != conversations/4 {
+			t.Fatalf("first turns spread %v, want even", perWorker)
+		}
 	}
 }
