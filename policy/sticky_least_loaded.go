@@ -81,7 +81,7 @@ const stickyShards = 64
 type stickyShard struct {
 	mu       sync.Mutex
 	sessions map[string]*stickySession
-	_        [40]byte // keep neighbouring shards' mutexes off one cache line
+	_        [64 - 16]byte // one shard per cache line: neighbours do not false-share
 }
 
 type stickySession struct {
