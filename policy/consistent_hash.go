@@ -51,7 +51,9 @@ type ConsistentHashConfig struct {
 	// 1.0 the partitions balance perfectly, but the bound then decides most owners and a
 	// membership change moves keys between survivors; at 1.15 with 400 virtual nodes the
 	// bound rarely binds below ~100 members (measured: no survivor key moved at 8 and 64
-	// members) while max/mean stays ≤ 1.15. It is raised to the smallest value that fits
+	// members) and no member holds over 1.15× the mean partitions (sessions per member
+	// add sampling noise: max/mean 1.08 for 10 000 sessions on 8 members, measured in
+	// consistent_hash_test.go). It is raised to the smallest value that fits
 	// when the members do not divide the partitions (the library would panic). Zero means
 	// 1.15; must be ≥ 1.0.
 	Load float64
