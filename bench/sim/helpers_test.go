@@ -221,3 +221,12 @@ func listen(t *testing.T) net.Listener {
 	}
 	return ln
 }
+
+func listenB(b *testing.B) net.Listener {
+	b.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	return ln
+}

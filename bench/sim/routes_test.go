@@ -2,6 +2,7 @@ package sim
 
 import (
 	"encoding/base64"
+	"errors"
 	"net/http"
 	"strings"
 	"testing"
@@ -324,5 +325,51 @@ func TestShutdownEndsStreams(t *testing.T) {
 	}
 	if err := <-served; err != nil {
 		t.Errorf("Serve: %v", err)
+	}
+}
+
+func TestServeOnlyOnce(t *testing.T) {
+	ts := start(t, testConfig())
+	if err := ts.Serve(listen(t)); err != ErrServing {
+		t.Errorf("second Serve: %v, want ErrServing", err)
+	}
+	s, err := New(testConfig(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Shutdown(); err != nil {
+		t.Errorf("Shutdown before Serve: %v", err)
+	}
+	if err := s.Serve(listen(t)); err != ErrServing {
+		t.Errorf("Serve after Shutdown: %v, want ErrServing", err)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	cases := []struct {
+		name string
+		edit func(*Config)
+	}{
+		{"zero max num seqs", func(c *Config) { c.MaxNumSeqs = 0 }},
+		{"zero block size", func(c *Config) { c.BlockSize = 0 }},
+		{"bad role", func(c *Config) { c.Role = "router" }},
+		{"negative ttft", func(c *Config) { c.TTFTBase = -1 }},
+		{"empty model", func(c *Config) { c.Model = "" }},
+		{"rank beyond dp size", func(c *Config) { c.DataParallelExternalLB, c.DataParallelRank = true, 2 }},
+		{"fail rate above 1", func(c *Config) { c.Fault.FailRate = 1.5 }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultConfig()
+			tc.edit(&c)
+			if _, err := New(c, nil); !errors.Is(err, ErrInvalidConfig) {
+				t.Errorf("New: %v, want ErrInvalidConfig", err)
+			}
+		})
+	}
+	c := DefaultConfig()
+	c.Role, c.DataParallelSize, c.TensorParallelSize = "", 0, 0
+	if _, err := New(c, nil); err != nil {
+		t.Errorf("zero values with documented meanings rejected: %v", err)
 	}
 }

@@ -164,6 +164,11 @@ func (s *Server) Serve(ln net.Listener) error {
 	if !s.started.CompareAndSwap(false, true) {
 		return ErrServing
 	}
+	select {
+	case <-s.closing:
+		return ErrServing
+	default:
+	}
 	addr := ln.Addr().String()
 	s.name = s.cfg.Name
 	if s.name == "" {
