@@ -61,3 +61,17 @@ func TestStatefulRepeatPickAllocsNothing(t *testing.T) {
 		t.Fatalf("cache_aware: %v allocations per repeat pick", n)
 	}
 }
+
+func TestExtractDoesNotAllocate(t *testing.T) {
+	body := []byte(`{"model":"m","messages":[{"role":"user","content":"` + strings.Repeat("hello ", 200) +
+		`"}],"max_tokens":10,"session_params":{"session_id":"rollout-17"},"user":"u"}`)
+	dst := make([]byte, 0, 4096)
+	if n := testing.AllocsPerRun(100, func() {
+		if SessionIDFromBody(body) == nil {
+			t.Fatal("no session id")
+		}
+		dst = PromptText(dst[:0], body)
+	}); n != 0 {
+		t.Fatalf("%v allocations per run", n)
+	}
+}
