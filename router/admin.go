@@ -23,63 +23,69 @@ const (
 	accessAdmin                // --admin-api-key, else --api-key
 )
 
-// controlRoute returns the handler of a route the router answers itself, or nil for a
-// route to proxy. Unknown methods on a control route get 405.
-func (s *Server) controlRoute(ctx *fasthttp.RequestCtx) fasthttp.RequestHandler {
+// control is a route the router answers itself: its handler, who may call it and the
+// method it takes.
+type control struct {
+	h      fasthttp.RequestHandler
+	access access
+	method string
+}
+
+// controlRoute returns the route the router answers itself, or ok=false for a route to
+// proxy. It allocates nothing: it runs on every request.
+func (s *Server) controlRoute(ctx *fasthttp.RequestCtx) (c control, ok bool) {
 	path := ctx.Path()
-	var h fasthttp.RequestHandler
-	var acc access
-	method := string(ctx.Method())
-	want := "GET"
 	switch string(path) {
 	case "/health":
-		h, acc = s.handleHealth, accessOpen
+		return control{s.handleHealth, accessOpen, "GET"}, true
 	case "/liveness":
-		h, acc = s.handleLiveness, accessOpen
+		return control{s.handleLiveness, accessOpen, "GET"}, true
 	case "/readiness":
-		h, acc = s.handleReadiness, accessOpen
+		return control{s.handleReadiness, accessOpen, "GET"}, true
 	case "/v1/models":
-		h, acc = s.handleModels, accessClient
+		return control{s.handleModels, accessClient, "GET"}, true
 	case "/list_workers":
-		h, acc = s.handleListWorkers, accessClient
+		return control{s.handleListWorkers, accessClient, "GET"}, true
 	case "/get_loads":
-		h, acc = s.handleGetLoads, accessClient
+		return control{s.handleGetLoads, accessClient, "GET"}, true
 	case "/workers":
-		h, acc = s.handleWorkers, accessClient
-		if method == "POST" {
-			acc, want = accessAdmin, "POST"
+		if ctx.IsPost() {
+			return control{s.handleWorkers, accessAdmin, "POST"}, true
 		}
+		return control{s.handleWorkers, accessClient, "GET"}, true
 	case "/add_worker":
-		h, acc, want = s.handleAddWorker, accessAdmin, "POST"
+		return control{s.handleAddWorker, accessAdmin, "POST"}, true
 	case "/remove_worker":
-		h, acc, want = s.handleRemoveWorker, accessAdmin, "POST"
+		return control{s.handleRemoveWorker, accessAdmin, "POST"}, true
 	case "/flush_cache":
-		h, acc, want = s.handleFlushCache, accessAdmin, "POST"
+		return control{s.handleFlushCache, accessAdmin, "POST"}, true
 	case "/finish_session":
-		h, acc, want = s.handleFinishSession, accessClient, "POST"
+		return control{s.handleFinishSession, accessClient, "POST"}, true
 	case "/pause", "/resume", "/update_weights":
-		h, acc, want = s.handleFanout, accessAdmin, "POST"
-	default:
-		if !strings.HasPrefix(string(path), "/workers/") {
-			return nil
-		}
-		h, acc = s.handleWorker, accessClient
-		if method == "DELETE" {
-			acc, want = accessAdmin, "DELETE"
-		}
+		return control{s.handleFanout, accessAdmin, "POST"}, true
 	}
-	return func(ctx *fasthttp.RequestCtx) {
-		if method != want && !(want == "GET" && method == "HEAD") {
-			ctx.Response.Header.Set(fasthttp.HeaderAllow, want)
-			writeErr(ctx, errMethod)
-			return
+	if len(path) > len("/workers/") && string(path[:len("/workers/")]) == "/workers/" {
+		if ctx.IsDelete() {
+			return control{s.handleWorker, accessAdmin, "DELETE"}, true
 		}
-		if !s.allowed(ctx, acc) {
-			writeErr(ctx, errUnauthorized)
-			return
-		}
-		h(ctx)
+		return control{s.handleWorker, accessClient, "GET"}, true
 	}
+	return control{}, false
+}
+
+// serveControl checks method and access, then runs the control route.
+func (s *Server) serveControl(ctx *fasthttp.RequestCtx, c control) {
+	m := ctx.Method()
+	if string(m) != c.method && !(c.method == "GET" && ctx.IsHead()) {
+		ctx.Response.Header.Set(fasthttp.HeaderAllow, c.method)
+		writeErr(ctx, errMethod)
+		return
+	}
+	if !s.allowed(ctx, c.access) {
+		writeErr(ctx, errUnauthorized)
+		return
+	}
+	c.h(ctx)
 }
 
 func (s *Server) allowed(ctx *fasthttp.RequestCtx, acc access) bool {

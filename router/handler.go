@@ -18,8 +18,8 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	ex.route = r
 	rid, buf := requestID(&ctx.Request.Header, s.ridHeaders, r, ex.ridBuf)
 	ex.ridBuf = buf
-	if h := s.controlRoute(ctx); h != nil {
-		h(ctx)
+	if c, ok := s.controlRoute(ctx); ok {
+		s.serveControl(ctx, c)
 	} else if s.apiKey != nil && !s.authorized(ctx, s.apiKey) {
 		writeErr(ctx, errUnauthorized)
 	} else {

@@ -39,7 +39,7 @@ func (s *Server) proxyPD(ctx *fasthttp.RequestCtx, ex *exchange, rid []byte, sna
 		s.fail(ctx, ex, errOverloaded)
 		return
 	}
-	ex.limited, ex.pd = true, true
+	ex.limited, ex.pd, ex.stream = true, true, true
 	ex.start = time.Now()
 	s.fillPolicyRequest(&ex.preq, ctx, ex)
 	kind, _ := pd.KindFromPath(ctx.Path())

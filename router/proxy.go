@@ -32,6 +32,7 @@ type exchange struct {
 	sse        bool               // the body is an event stream
 	wrote      bool               // a body byte reached the client
 	pd         bool               // a P/D request (decode leg being forwarded)
+	stream     bool               // the response is streamed, not buffered
 
 	preq    policy.Request
 	avoid   [4]policy.Endpoint
@@ -49,7 +50,7 @@ func (ex *exchange) unref() {
 		return
 	}
 	ex.s, ex.b, ex.up = nil, nil, nil
-	ex.limited, ex.sse, ex.wrote, ex.pd = false, false, false, false
+	ex.limited, ex.sse, ex.wrote, ex.pd, ex.stream = false, false, false, false, false
 	ex.preq = policy.Request{}
 	ex.avoid = [4]policy.Endpoint{}
 	if cap(ex.textBuf) > 1<<20 || cap(ex.pdBuf) > 1<<20 || cap(ex.respBuf) > 1<<20 {
@@ -95,6 +96,7 @@ func (s *Server) proxy(ctx *fasthttp.RequestCtx, ex *exchange, rid []byte) {
 	}
 	ex.limited = true
 	ex.start = time.Now()
+	ex.stream = ex.route == routeGenerate || wantsStream(ctx.Request.Body())
 	s.fillPolicyRequest(&ex.preq, ctx, ex)
 	s.prepareUpstream(&ctx.Request, rid)
 	attempts := s.retry.Attempts()
@@ -166,16 +168,24 @@ func (e *statusError) Error() string { return "worker answered " + strconv.Itoa(
 // maxErrorBody bounds the 5xx bodies read inline to classify them.
 const maxErrorBody = 64 << 10
 
-// forward sends the prepared request to b and, once the worker's headers arrive, hands
-// the response to the client: streamed event by event for SSE and unknown lengths,
-// passed through with its length otherwise. A retryable 5xx is returned as *statusError
-// unless last is set, in which case the client gets it as it is.
+// forward sends the prepared request to b and hands the worker's answer to the client.
+// Requests that asked for a stream (and generate, whose router-replay answers can be
+// hundreds of MB) are streamed: SSE and unknown lengths chunk by chunk through
+// writeStream, fixed lengths pulled by fasthttp through the exchange. Everything else is
+// read straight into the client's response, with no copy and no allocation. A retryable
+// 5xx is returned as *statusError unless last is set; then the client gets it as it is.
 func (s *Server) forward(ctx *fasthttp.RequestCtx, ex *exchange, b *Backend, req *fasthttp.Request, last bool) error {
 	if b.rankHeader != nil {
 		req.Header.SetBytesV("X-data-parallel-rank", b.rankHeader)
 	}
-	up := fasthttp.AcquireResponse()
-	up.StreamBody = true
+	if len(req.Header.Host()) == 0 {
+		req.SetHost(b.client.Addr) // HTTP/1.0 clients may send none; fasthttp needs one
+	}
+	up := &ctx.Response
+	if ex.stream {
+		up = fasthttp.AcquireResponse()
+		up.StreamBody = true
+	}
 	closeClient := req.Header.ConnectionClose()
 	if closeClient {
 		req.Header.ResetConnectionClose() // keep the worker connection pooled
@@ -188,42 +198,59 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, ex *exchange, b *Backend, req
 	} else {
 		err = b.client.Do(req, up)
 	}
-	if err == nil && ex.pd {
-		s.metrics.pdDecode.WithLabelValues(b.id).Inc()
-		s.metrics.pdPhase.WithLabelValues("decode_ttft").Observe(time.Since(ex.dispatched).Seconds())
-	}
 	if closeClient {
 		req.Header.SetConnectionClose()
 	}
 	if err != nil {
 		b.end()
-		fasthttp.ReleaseResponse(up)
+		s.releaseUpstream(ctx, up)
 		b.breaker.Record(health.Classify(0, nil, err))
 		b.m.requests[ex.route][0].Inc()
 		return err
 	}
+	if ex.pd {
+		s.metrics.pdDecode.WithLabelValues(b.id).Inc()
+		s.metrics.pdPhase.WithLabelValues("decode_ttft").Observe(time.Since(ex.dispatched).Seconds())
+	}
 	status := up.StatusCode()
 	if status >= 500 {
-		body, rerr := readSmallBody(up, maxErrorBody)
+		body, rerr := up.Body(), error(nil)
+		if ex.stream {
+			body, rerr = readSmallBody(up, maxErrorBody)
+		}
 		if rerr == nil {
 			b.breaker.Record(health.Classify(status, body, nil))
+			b.end()
+			b.m.requests[ex.route][5].Inc()
 			if !last && health.Retryable(status, nil, false) {
-				b.end()
-				fasthttp.ReleaseResponse(up)
-				b.m.requests[ex.route][5].Inc()
+				s.releaseUpstream(ctx, up)
 				return &statusError{status: status}
 			}
-			copyResponseHeader(&ctx.Response, up)
-			ctx.Response.SetBody(body)
-			b.end()
-			fasthttp.ReleaseResponse(up)
-			b.m.requests[ex.route][5].Inc()
+			if ex.stream {
+				copyResponseHeader(&ctx.Response, up)
+				ctx.Response.SetBody(body)
+				fasthttp.ReleaseResponse(up)
+			} else {
+				stripResponseHeader(&ctx.Response)
+			}
 			s.complete(ex, status)
 			return nil
 		}
 		// Too large to classify: pass it through like any other answer.
 	}
-	ex.b, ex.up = b, up
+	ex.b = b
+	if !ex.stream {
+		// The whole body is in ctx.Response already: the exchange ends here.
+		stripResponseHeader(&ctx.Response)
+		b.end()
+		b.breaker.Record(health.Classify(status, nil, nil))
+		s.metrics.route[ex.route].ttfb.Observe(time.Since(ex.dispatched).Seconds())
+		b.m.requests[ex.route][statusClass(status)].Inc()
+		ex.b = nil // counted above
+		s.complete(ex, status)
+		return nil
+	}
+	ex.up = up
 	copyResponseHeader(&ctx.Response, up)
 	ex.sse = isEventStream(up.Header.ContentType())
 	cl := up.Header.ContentLength()
@@ -239,6 +266,15 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, ex *exchange, b *Backend, req
 	return nil
 }
 
+// releaseUpstream drops a worker response that will not reach the client.
+func (s *Server) releaseUpstream(ctx *fasthttp.RequestCtx, up *fasthttp.Response) {
+	if up == &ctx.Response {
+		up.Reset()
+		return
+	}
+	fasthttp.ReleaseResponse(up)
+}
+
 // readSmallBody reads a streamed body of known length up to limit, closing the stream.
 func readSmallBody(up *fasthttp.Response, limit int) ([]byte, error) {
 	cl := up.Header.ContentLength()
@@ -252,12 +288,18 @@ func readSmallBody(up *fasthttp.Response, limit int) ([]byte, error) {
 }
 
 // copyResponseHeader gives the client the worker's status and headers, minus hop-by-hop
-// ones; the client connection's own keep-alive is the router's business.
+// ones.
 func copyResponseHeader(dst *fasthttp.Response, up *fasthttp.Response) {
 	up.Header.CopyTo(&dst.Header)
-	dst.Header.ResetConnectionClose()
+	stripResponseHeader(dst)
+}
+
+// stripResponseHeader removes hop-by-hop headers from an answer; the client connection's
+// own keep-alive is the router's business, not the worker's.
+func stripResponseHeader(r *fasthttp.Response) {
+	r.Header.ResetConnectionClose()
 	for _, k := range hopHeaders {
-		dst.Header.Del(k)
+		r.Header.Del(k)
 	}
 }
 
@@ -423,4 +465,29 @@ func (s *Server) fail(ctx *fasthttp.RequestCtx, ex *exchange, err error) {
 	}
 	ex.b = nil
 	s.complete(ex, status)
+}
+
+// wantsStream reports whether a JSON body asks for a streamed answer ("stream": true).
+// A false positive only costs the streamed path; a body that is not JSON is buffered.
+func wantsStream(body []byte) bool {
+	for i := 0; ; {
+		j := bytes.Index(body[i:], []byte(`"stream"`))
+		if j < 0 {
+			return false
+		}
+		k := i + j + len(`"stream"`)
+		for k < len(body) && (body[k] == ' ' || body[k] == '\t' || body[k] == '\n' || body[k] == '\r') {
+			k++
+		}
+		if k < len(body) && body[k] == ':' {
+			k++
+			for k < len(body) && (body[k] == ' ' || body[k] == '\t' || body[k] == '\n' || body[k] == '\r') {
+				k++
+			}
+			if bytes.HasPrefix(body[k:], []byte("true")) {
+				return true
+			}
+		}
+		i = k
+	}
 }

@@ -63,7 +63,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "usage: switchyard deploy slurm CONFIG [--partition P --account A --time T --nodelist N] [--dry-run|--submit]")
 			return 2
 		}
-		return slurmMain(rest[1:], stdout, stderr)
+		return deploy.SlurmMain(rest[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "switchyard: unknown command %q\n\n%s", cmd, usage)
 	return 2
@@ -97,8 +97,3 @@ func startRouterForLaunch(w io.Writer) deploy.StartRouterFunc {
 	}
 }
 
-// slurmMain is wired to deploy's SLURM renderer once it lands.
-var slurmMain = func(args []string, stdout, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "switchyard deploy slurm: not available in this build")
-	return 2
-}
