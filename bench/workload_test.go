@@ -274,9 +274,10 @@ func TestRunStopsOnCancel(t *testing.T) {
 	if elapsed := time.Since(start); elapsed > 10*time.Second {
 		t.Fatalf("Run took %v after cancel", elapsed)
 	}
-	// Requests cut by the cancel are neither successes nor errors.
-	if res.Errors != 0 || res.Requests < 1 || res.Requests > 20 {
-		t.Fatalf("requests %d, errors %v; want 1..20 and none", res.Requests, res.ErrorsByKind)
+	// Requests cut by the cancel are neither successes nor errors; some that the server had
+	// already answered may still count.
+	if received := fleet.next.Load(); res.Errors != 0 || res.Requests < 1 || int64(res.Requests) > received {
+		t.Fatalf("requests %d, errors %v; want 1..%d and none", res.Requests, res.ErrorsByKind, received)
 	}
 }
 

@@ -175,3 +175,19 @@ func DecodeBody(dst []byte, body []byte, kvParams []byte) ([]byte, error) {
 	}
 	return out, nil
 }
+
+// WantsPromptLogprobs reports whether a /inference/v1/generate body asks for prompt
+// logprobs (sampling_params.prompt_logprobs present and neither null nor false; 0 asks
+// for the prompt tokens' own logprobs), i.e. the wantPromptLogprobs of MergeGenerate.
+// Malformed JSON is ErrBadJSON.
+func WantsPromptLogprobs(body []byte) (bool, error) {
+	sp, ok, err := Lookup(body, "sampling_params")
+	if err != nil || !ok || sp[0] != '{' {
+		return false, err
+	}
+	v, ok, err := Lookup(sp, "prompt_logprobs")
+	if err != nil || !ok {
+		return false, err
+	}
+	return v[0] != 'n' && v[0] != 'f', nil
+}

@@ -235,3 +235,26 @@ func TestPrefillThenDecodeRoundTrip(t *testing.T) {
 		t.Fatalf("decode body %s\nwant %s", dec, want)
 	}
 }
+
+func TestWantsPromptLogprobs(t *testing.T) {
+	tests := []struct {
+		body string
+		want bool
+		err  error
+	}{
+		{`{"sampling_params":{"prompt_logprobs":1}}`, true, nil},
+		{`{"sampling_params":{"prompt_logprobs":0}}`, true, nil},
+		{`{"sampling_params":{"prompt_logprobs":null}}`, false, nil},
+		{`{"sampling_params":{"prompt_logprobs":false}}`, false, nil},
+		{`{"sampling_params":{"max_tokens":1}}`, false, nil},
+		{`{"prompt_logprobs":1}`, false, nil},
+		{`{"sampling_params":null}`, false, nil},
+		{`{"sampling_params":{"prompt_logprobs":}}`, false, ErrBadJSON},
+	}
+	for _, tc := range tests {
+		got, err := WantsPromptLogprobs([]byte(tc.body))
+		if got != tc.want || !errors.Is(err, tc.err) || (tc.err == nil && err != nil) {
+			t.Errorf("WantsPromptLogprobs(%s) = %v, %v; want %v, %v", tc.body, got, err, tc.want, tc.err)
+		}
+	}
+}

@@ -54,6 +54,16 @@ type streamOptions struct {
 	IncludeUsage bool `json:"include_usage"`
 }
 
+// checkStreamOptions is vLLM's request validator: stream_options without stream is a
+// 400, which is why a P/D proxy must drop stream_options when it forces stream=false.
+func checkStreamOptions(stream bool, opts *streamOptions) error {
+	if opts != nil && !stream {
+		return &requestError{status: 400, typ: "Bad Request", param: "stream_options",
+			msg: "Value error, Stream options can only be defined when `stream=True`."}
+	}
+	return nil
+}
+
 // common fills what every generation API shares and validates it.
 func (s *Server) common(ctx *fasthttp.RequestCtx, rid, model string, prompt []int, maxTokens, minTokens *int) (*genRequest, error) {
 	s.stats.requests.Add(1)
@@ -203,6 +213,10 @@ func (s *Server) handleChat(ctx *fasthttp.RequestCtx, rid string) {
 		s.reject(ctx, err)
 		return
 	}
+	if err := checkStreamOptions(req.Stream, req.StreamOptions); err != nil {
+		s.reject(ctx, err)
+		return
+	}
 	prompt, err := renderMessages("", req.Messages)
 	if err != nil {
 		s.reject(ctx, err)
@@ -340,6 +354,10 @@ func parsePrompt(raw json.RawMessage) ([]int, error) {
 func (s *Server) handleCompletion(ctx *fasthttp.RequestCtx, rid string) {
 	var req completionRequest
 	if err := decodeBody(ctx, &req); err != nil {
+		s.reject(ctx, err)
+		return
+	}
+	if err := checkStreamOptions(req.Stream, req.StreamOptions); err != nil {
 		s.reject(ctx, err)
 		return
 	}

@@ -140,8 +140,9 @@ type Fault struct {
 	Hang bool `json:"hang"`
 	// SlowFactor multiplies every simulated duration. Default 0 means 1.
 	SlowFactor float64 `json:"slow_factor"`
-	// DieMidStreamAfter, when positive, closes the connection abruptly after that many SSE
-	// events of a streamed response (no [DONE], no final chunk). Default 0: never.
+	// DieMidStreamAfter, when positive, resets the connection after that many SSE events
+	// of a streamed response (no [DONE], no final chunk), as when a worker dies. Responses
+	// that are not streamed are not affected. Default 0: never.
 	DieMidStreamAfter int `json:"die_mid_stream_after"`
 	// HealthFail makes /health answer 503. Default false.
 	HealthFail bool `json:"health_fail"`

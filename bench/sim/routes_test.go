@@ -68,6 +68,9 @@ func TestNonStreamingShapes(t *testing.T) {
 		{"min above max", "POST", "/v1/completions", `{"prompt":"x","max_tokens":2,"min_tokens":3}`, 400, map[string]any{
 			"error.type": "BadRequestError", "error.param": "min_tokens",
 		}},
+		{"stream_options without stream", "POST", "/v1/chat/completions", `{"messages":[{"role":"user","content":"x"}],"stream":false,"stream_options":{"include_usage":true}}`, 400, map[string]any{
+			"error.type": "Bad Request", "error.param": "stream_options",
+		}},
 		{"zero max_tokens", "POST", "/v1/completions", `{"prompt":"x","max_tokens":0}`, 400, map[string]any{"error.type": "BadRequestError"}},
 		{"context overflow", "POST", "/v1/completions", `{"prompt":"x","max_tokens":40000}`, 400, map[string]any{"error.code": 400.0}},
 		{"empty generate", "POST", "/inference/v1/generate", `{"token_ids":[],"sampling_params":{}}`, 400, map[string]any{"error.param": "prompt"}},

@@ -96,4 +96,3 @@ func startRouterForLaunch(w io.Writer) deploy.StartRouterFunc {
 		return srv.Shutdown, nil
 	}
 }
-
