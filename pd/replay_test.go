@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
+	"math/rand/v2"
 	"strings"
 	"testing"
 )
@@ -164,5 +165,44 @@ func TestMergeGenerateErrorIsClear(t *testing.T) {
 	_, err := MergeGenerate(nil, []byte(p), []byte(d), false)
 	if err == nil || !strings.Contains(err.Error(), "cannot concatenate prefill shape [1 1 2] uint8 with decode shape [2 1 1] uint8") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestStitchProperty checks, over seeded random payloads of every integer dtype, that
+// the merged rows are exactly the prefill's rows then the decode's rows past the
+// prefill's coverage, with the shape and start to match.
+func TestStitchProperty(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for iter := 0; iter < 300; iter++ {
+		dtype := []string{"uint8", "uint16", "int16", "int32", "uint32", "int64"}[rng.IntN(6)]
+		size := int(dtypeSize(dtype))
+		layers, topk := 1+rng.IntN(4), 1+rng.IntN(4)
+		row := layers * topk * size
+		pStart, pSeq := rng.IntN(5), rng.IntN(6)
+		dStart := pStart + rng.IntN(pSeq+1) // decode starts inside or at the end of the prompt
+		drop := pStart + pSeq - dStart
+		dSeq := drop + rng.IntN(5)
+		pData, dData := make([]byte, pSeq*row), make([]byte, dSeq*row)
+		for i := range pData {
+			pData[i] = byte(rng.Uint32())
+		}
+		for i := range dData {
+			dData[i] = byte(rng.Uint32())
+		}
+		payload := func(data []byte, start, seq int) string {
+			return `{"data":"` + base64.StdEncoding.EncodeToString(data) + `","shape":[` + itoa(seq) + `,` +
+				itoa(layers) + `,` + itoa(topk) + `],"start":` + itoa(start) + `,"dtype":"` + dtype + `"}`
+		}
+		prefill := `{"choices":[{"routed_experts":` + payload(pData, pStart, pSeq) + `}]}`
+		decode := `{"choices":[{"routed_experts":` + payload(dData, dStart, dSeq) + `}]}`
+		got, err := MergeGenerate(nil, []byte(prefill), []byte(decode), false)
+		if err != nil {
+			t.Fatalf("iter %d: %v", iter, err)
+		}
+		wantData := append(append([]byte{}, pData...), dData[drop*row:]...)
+		want := `{"choices":[{"routed_experts":` + payload(wantData, pStart, pSeq+dSeq-drop) + `}]}`
+		if string(got) != want {
+			t.Fatalf("iter %d:\ngot  %s\nwant %s", iter, got, want)
+		}
 	}
 }
