@@ -54,7 +54,7 @@ wait_ready() {
   done
 }
 
-p1=$(free_port); p2=$(free_port); pr=$(free_port)
+p1=$(free_port); p2=$(free_port); pr=$(free_port); pm=$(free_port)
 model=e2e/sim-model
 "$bin/switchyard" sim --port "$p1" --host 127.0.0.1 --model "$model" --name sim-1 --ttft 5ms --itl 2ms >"$logs/sim-1.log" 2>&1 &
 pids+=($!)
@@ -63,7 +63,7 @@ pids+=($!)
 wait_ready "http://127.0.0.1:$p1/health"
 wait_ready "http://127.0.0.1:$p2/health"
 
-"$bin/vllm-router" --host 127.0.0.1 --port "$pr" --policy consistent_hash \
+"$bin/vllm-router" --host 127.0.0.1 --port "$pr" --prometheus-port "$pm" --policy consistent_hash \
   --worker-urls "http://127.0.0.1:$p1" "http://127.0.0.1:$p2" >"$logs/router.log" 2>&1 &
 pids+=($!)
 wait_ready "http://127.0.0.1:$pr/v1/models"
