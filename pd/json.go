@@ -514,19 +514,35 @@ func swarSpecial(w uint64) uint64 {
 	return ((q-swarOnes)&^q | (s-swarOnes)&^s | (w-swarOnes*0x20)&^w) & swarHighs
 }
 
+// skipPlain returns the offset of the first '"', '\\' or control byte at or after i,
+// or a position within 8 bytes of the end of b when there is none before it. Sixteen
+// bytes per iteration halve the loop overhead on long plain runs (prompts, base64).
+func skipPlain(b []byte, i int) int {
+	for i+16 <= len(b) {
+		if m := swarSpecial(binary.LittleEndian.Uint64(b[i:])); m != 0 {
+			return i + bits.TrailingZeros64(m)>>3
+		}
+		if m := swarSpecial(binary.LittleEndian.Uint64(b[i+8:])); m != 0 {
+			return i + 8 + bits.TrailingZeros64(m)>>3
+		}
+		i += 16
+	}
+	if i+8 <= len(b) {
+		if m := swarSpecial(binary.LittleEndian.Uint64(b[i:])); m != 0 {
+			return i + bits.TrailingZeros64(m)>>3
+		}
+		i += 8
+	}
+	return i
+}
+
 // scanString validates the string starting at b[i] == '"' and returns the offset just
 // past its closing quote.
 func scanString(b []byte, i int) (int, error) {
 	start := i
 	i++
 	for {
-		for i+8 <= len(b) {
-			if m := swarSpecial(binary.LittleEndian.Uint64(b[i:])); m != 0 {
-				i += bits.TrailingZeros64(m) >> 3 // jump to the first special byte
-				break
-			}
-			i += 8
-		}
+		i = skipPlain(b, i)
 		if i >= len(b) {
 			return 0, syntaxErr(start, "unterminated string")
 		}
