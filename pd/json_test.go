@@ -183,7 +183,7 @@ func TestScanObjectAndLookup(t *testing.T) {
 // TestStringScannerEdges walks the SWAR fast path across every alignment of the bytes
 // that must stop it.
 func TestStringScannerEdges(t *testing.T) {
-	for pad := 0; pad < 20; pad++ {
+	for pad := 0; pad < 48; pad++ {
 		p := strings.Repeat("é", pad/2) + strings.Repeat("x", pad%2)
 		for _, tail := range []string{`\"`, `\\`, `\u00e9`, `\n`, "\x7f", "\xff"} {
 			in := `{"k":"` + p + tail + p + `"}`
