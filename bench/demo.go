@@ -55,15 +55,17 @@ type DemoOptions struct {
 }
 
 // The demo fleet's simulator settings. They make prefix caching matter as it does on GPUs:
-// prefill costs 100 µs per uncached token (10k tokens/s; a cold 4 KB prompt, ~750 tokens,
-// takes ~75 ms), and each worker's cache holds what its share of the sessions needs and no
-// more (see demoCacheBlocks), so a worker that sees only its own sessions (affinity) keeps
-// their prefixes resident, while one that sees every session (round robin) evicts them
-// before the session's next turn comes back.
+// prefill costs 200 µs per uncached token (5k tokens/s, a busy GPU on a long-context batch;
+// a cold 4 KB prompt, ~750 tokens, takes ~150 ms), generation 5 ms per token, and each
+// worker's cache holds what its share of the sessions needs and no more (demoCacheBlocks).
+// A worker that sees only its own sessions (affinity) keeps their prefixes resident; one
+// that sees every session (round robin) evicts them before the session's next turn comes
+// back. The costs are steep on purpose: the effect must stand above scheduler noise on a
+// laptop or a shared CI machine running the router, the workers and the load in one process.
 const (
 	demoTTFTBase        = 5 * time.Millisecond
-	demoPrefillPerToken = 100 * time.Microsecond
-	demoITL             = 2 * time.Millisecond
+	demoPrefillPerToken = 200 * time.Microsecond
+	demoITL             = 5 * time.Millisecond
 	demoOutputTokens    = 16
 	demoBlockSize       = 16
 )
