@@ -112,6 +112,7 @@ func BenchMain(ctx context.Context, args []string, stdout, stderr io.Writer, sta
 	if perr := PrintTable(stdout, []Row{{Policy: label, Result: res}}); perr != nil {
 		return exitCode(ctx, perr, stderr)
 	}
+	printErrors(stdout, []Row{{Policy: label, Result: res}})
 	if res.CacheError != nil {
 		fmt.Fprintf(stderr, "switchyard bench: no cache figures: %v\n", res.CacheError)
 	}

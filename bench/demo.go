@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -175,6 +177,7 @@ func Demo(ctx context.Context, o DemoOptions) ([]Row, error) {
 		if err := PrintTable(o.Out, rows); err != nil {
 			return rows, err
 		}
+		printErrors(o.Out, rows)
 		printVerdict(o.Out, rows)
 	}
 	return rows, ctx.Err()
@@ -377,10 +380,32 @@ func printVerdict(w io.Writer, rows []Row) {
 			label, a, b = "latency p50", base.Result.LatencyQuantile(0.5), other.Result.LatencyQuantile(0.5)
 		}
 		if a > 0 && b > 0 {
-			parts = append(parts, fmt.Sprintf("%s %s vs %s (%.2fx)", label, millis(a), millis(b), float64(b)/float64(a)))
+			ratio, word := float64(b)/float64(a), "lower"
+			if a > b {
+				ratio, word = float64(a)/float64(b), "higher"
+			}
+			parts = append(parts, fmt.Sprintf("%s %s vs %s (%.1fx %s)", label, millis(a), millis(b), ratio, word))
 		}
+		parts = append(parts, fmt.Sprintf("%.0f vs %.0f req/s",
+			base.Result.RequestsPerSecond(), other.Result.RequestsPerSecond()))
 		if len(parts) > 0 {
 			fmt.Fprintf(w, "%s vs %s: %s\n", base.Policy, other.Policy, strings.Join(parts, ", "))
 		}
+	}
+}
+
+// printErrors lists each run's failed requests by kind, if any failed.
+func printErrors(w io.Writer, rows []Row) {
+	for i := range rows {
+		r := &rows[i].Result
+		if r.Errors == 0 {
+			continue
+		}
+		kinds := slices.Sorted(maps.Keys(r.ErrorsByKind))
+		parts := make([]string, len(kinds))
+		for j, k := range kinds {
+			parts[j] = fmt.Sprintf("%s x%d", k, r.ErrorsByKind[k])
+		}
+		fmt.Fprintf(w, "%s errors: %s\n", rows[i].Policy, strings.Join(parts, ", "))
 	}
 }

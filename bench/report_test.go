@@ -87,3 +87,23 @@ func TestPrintTableGolden(t *testing.T) {
 		t.Fatalf("table:\n%s\nwant:\n%s", got, want)
 	}
 }
+
+func TestPrintErrorsAndVerdict(t *testing.T) {
+	rows := []Row{
+		{Policy: "consistent_hash", Result: Result{Requests: 200, Elapsed: 2 * time.Second,
+			TTFT: []time.Duration{ms(50)}, Cache: CacheCounters{Queries: 100, Hits: 80}, CacheScraped: true}},
+		{Policy: "round_robin", Result: Result{Requests: 100, Elapsed: 2 * time.Second, Errors: 3,
+			ErrorsByKind: map[string]int{"transport": 1, "HTTP 503": 2},
+			TTFT:         []time.Duration{ms(100)}, Cache: CacheCounters{Queries: 100, Hits: 50}, CacheScraped: true}},
+		{Policy: "random", Result: Result{Requests: 50, Elapsed: 2 * time.Second, Latency: []time.Duration{ms(10)}}},
+	}
+	var b strings.Builder
+	printErrors(&b, rows)
+	printVerdict(&b, rows)
+	want := "round_robin errors: HTTP 503 x2, transport x1\n" +
+		"consistent_hash vs round_robin: prefix-cache hit rate 80.0% vs 50.0%, TTFT p50 50.0ms vs 100.0ms (2.0x lower), 100 vs 50 req/s\n" +
+		"consistent_hash vs random: 100 vs 25 req/s\n"
+	if b.String() != want {
+		t.Fatalf("got:\n%s\nwant:\n%s", b.String(), want)
+	}
+}
