@@ -265,7 +265,8 @@ func sumLoad(snap *snapshot) int64 {
 
 // /workers/{url}: GET describes the worker (all its ranks), DELETE removes it.
 func (s *Server) handleWorker(ctx *fasthttp.RequestCtx) {
-	raw := strings.TrimPrefix(string(ctx.Path()), "/workers/")
+	// The original path: the normalized one has "http://" collapsed to "http:/".
+	raw := strings.TrimPrefix(string(ctx.Request.URI().PathOriginal()), "/workers/")
 	u, err := url.PathUnescape(raw)
 	if err != nil || u == "" {
 		writeError(ctx, fasthttp.StatusBadRequest, "worker URL missing or badly escaped")

@@ -121,8 +121,8 @@ func (s *Server) proxyPD(ctx *fasthttp.RequestCtx, ex *exchange, rid []byte, sna
 		leg.Header.SetBytesV(fasthttp.HeaderAuthorization, s.apiKey)
 	}
 	ex.preq.Avoid = nil
-	if kind == pd.KindGenerate && kv != nil && wantsMerge(orig, prefillResp) {
-		s.decodeMerged(ctx, ex, snap, leg, prefillResp, bytes.Contains(orig, []byte(`"prompt_logprobs"`)))
+	if merge, logprobs := wantsMerge(orig, prefillResp); kind == pd.KindGenerate && kv != nil && merge {
+		s.decodeMerged(ctx, ex, snap, leg, prefillResp, logprobs)
 		return
 	}
 	attempts := 2 // a decode that failed before any byte reached the client: once more elsewhere
@@ -150,11 +150,12 @@ func (s *Server) avoidBackend(ex *exchange, b *Backend) {
 
 // wantsMerge: router replay (routed_experts) or prompt logprobs come from prefill and
 // must be stitched into decode's answer, so decode is read whole instead of streamed.
-func wantsMerge(clientBody, prefillResp []byte) bool {
-	if bytes.Contains(clientBody, []byte(`"stream":true`)) || bytes.Contains(clientBody, []byte(`"stream": true`)) {
-		return false
+func wantsMerge(clientBody, prefillResp []byte) (merge, promptLogprobs bool) {
+	if v, ok, _ := pd.Lookup(clientBody, "stream"); ok && string(v) == "true" {
+		return false, false
 	}
-	return bytes.Contains(prefillResp, []byte(`"routed_experts"`)) || bytes.Contains(clientBody, []byte(`"prompt_logprobs"`))
+	promptLogprobs, _ = pd.WantsPromptLogprobs(clientBody)
+	return promptLogprobs || bytes.Contains(prefillResp, []byte(`"routed_experts"`)), promptLogprobs
 }
 
 // decodeMerged runs a non-streaming generate decode and merges prefill's prompt rows
