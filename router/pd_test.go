@@ -1,6 +1,7 @@
 package router
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -234,3 +235,62 @@ func TestPDAgainstSimulator(t *testing.T) {
 	}
 }
 
+
+// Router replay: a non-streaming generate through P/D carries prefill's prompt rows of
+// routed_experts stitched with decode's completion rows, and prefill's prompt_token_ids.
+func TestPDRouterReplay(t *testing.T) {
+	cfg := fastSim()
+	cfg.ReturnRoutedExperts = true
+	pc, dc := cfg, cfg
+	pc.Role, dc.Role = "prefill", "decode"
+	pURL, _ := startSim(t, pc)
+	dURL, _ := startSim(t, dc)
+	srv := startRouter(t, "--policy", "round_robin", "--vllm-pd-disaggregation", "--prefill", pURL, "--decode", dURL)
+	waitForHealthy(t, srv, 2)
+	prompt := make([]int, 40)
+	for i := range prompt {
+		prompt[i] = 100 + i
+	}
+	body, _ := json.Marshal(map[string]any{"model": cfg.Model, "token_ids": prompt,
+		"sampling_params": map[string]any{"max_tokens": 6, "min_tokens": 6, "prompt_logprobs": 1}})
+	resp, b := post(t, "http://"+srv.Addr()+"/inference/v1/generate", string(body), nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, b)
+	}
+	var out struct {
+		PromptTokenIDs []int `json:"prompt_token_ids"`
+		PromptLogprobs []any `json:"prompt_logprobs"`
+		Choices        []struct {
+			TokenIDs      []int `json:"token_ids"`
+			RoutedExperts struct {
+				Data  string `json:"data"`
+				Shape []int  `json:"shape"`
+				Start int    `json:"start"`
+			} `json:"routed_experts"`
+		} `json:"choices"`
+	}
+	if err := json.Unmarshal(b, &out); err != nil || len(out.Choices) != 1 {
+		t.Fatalf("%v %s", err, b)
+	}
+	re := out.Choices[0].RoutedExperts
+	if len(out.PromptTokenIDs) != 40 || len(out.PromptLogprobs) != 40 {
+		t.Fatalf("prompt_token_ids %d, prompt_logprobs %d: want 40 each", len(out.PromptTokenIDs), len(out.PromptLogprobs))
+	}
+	if len(re.Shape) != 3 || re.Shape[0] < 40+len(out.Choices[0].TokenIDs)-1 || re.Shape[1] != cfg.RoutedExpertLayers {
+		t.Fatalf("routed_experts shape %v for 40 prompt + %d completion tokens", re.Shape, len(out.Choices[0].TokenIDs))
+	}
+	data, err := base64.StdEncoding.DecodeString(re.Data)
+	if err != nil || len(data) != re.Shape[0]*re.Shape[1]*re.Shape[2] {
+		t.Fatalf("data %d bytes for shape %v (%v)", len(data), re.Shape, err)
+	}
+	// Prompt rows are prefill's: the simulator derives them from position and token.
+	for pos := 0; pos < 40; pos++ {
+		for l := 0; l < re.Shape[1]; l++ {
+			for k := 0; k < re.Shape[2]; k++ {
+				if got, want := data[(pos*re.Shape[1]+l)*re.Shape[2]+k], sim.RoutedExpert(re.Start+pos, prompt[re.Start+pos], l, k); got != want {
+					t.Fatalf("row %d layer %d k %d: %d, want %d", pos, l, k, got, want)
+				}
+			}
+		}
+	}
+}
