@@ -235,7 +235,6 @@ func TestPDAgainstSimulator(t *testing.T) {
 	}
 }
 
-
 // Router replay: a non-streaming generate through P/D carries prefill's prompt rows of
 // routed_experts stitched with decode's completion rows, and prefill's prompt_token_ids.
 func TestPDRouterReplay(t *testing.T) {
@@ -292,5 +291,34 @@ func TestPDRouterReplay(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// A client that leaves during prefill gets no decode started on its behalf.
+func TestPDClientGoneDuringPrefill(t *testing.T) {
+	p, d := newFakeWorker(t, "p0"), newFakeWorker(t, "d0")
+	release := make(chan struct{})
+	arrived := make(chan struct{}, 1)
+	p.setHandler(func(w http.ResponseWriter, r *http.Request, body []byte) {
+		arrived <- struct{}{}
+		<-release
+		prefillOK(w, r, body)
+	})
+	srv := pdRouter(t, []*fakeWorker{p}, []*fakeWorker{d})
+	conn, err := net.Dial("tcp", srv.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := `{"prompt":"x","max_tokens":5}`
+	fmt.Fprintf(conn, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	<-arrived
+	conn.Close() // on loopback the FIN is queued at the router's socket when Close returns
+	close(release)
+	waitFor(t, "the router to drop the request", func() bool {
+		_, m := get(t, "http://"+srv.MetricsAddr()+"/metrics")
+		return strings.Contains(string(m), `vllm_router_pd_errors_total{error_type="client_gone_before_decode"} 1`)
+	})
+	if n := len(d.received()); n != 0 {
+		t.Fatalf("decode started %d times for a departed client", n)
 	}
 }

@@ -102,6 +102,12 @@ func (s *Server) proxyPD(ctx *fasthttp.RequestCtx, ex *exchange, rid []byte, sna
 		}
 		s.avoidBackend(ex, pb)
 	}
+	if clientGone(ctx) {
+		// The client left during prefill: starting decode would only burn a GPU.
+		s.metrics.pdErrors.WithLabelValues("client_gone_before_decode").Inc()
+		s.complete(ex, 499)
+		return
+	}
 	decodeBody := orig
 	if kv == nil {
 		// No usable prefill: decode prefills locally, as vLLM's proxy does when prefill
