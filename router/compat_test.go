@@ -266,3 +266,50 @@ func TestAuth(t *testing.T) {
 		}
 	}
 }
+
+// Data-parallel ranks: one URL becomes url@0..url@N-1, each request names its rank, and an
+// offset addresses the global ranks a hybrid deployment's node owns (vllm-router PR #210).
+func TestDataParallelRanks(t *testing.T) {
+	cfg := fastSim()
+	cfg.DataParallelSize = 8
+	w, ws := startSim(t, cfg)
+	srv := startRouter(t, "--policy", "round_robin", "--worker-urls", w, "--intra-node-data-parallel-size", "2", "--dp-rank-offset", "4")
+	waitForHealthy(t, srv, 2)
+	ids := []string{srv.pool.load().regular[0].id, srv.pool.load().regular[1].id}
+	if ids[0] != w+"@0" || ids[1] != w+"@1" {
+		t.Fatalf("rank ids %v", ids)
+	}
+	for i := 0; i < 6; i++ {
+		if resp, b := post(t, "http://"+srv.Addr()+"/v1/completions", fmt.Sprintf(`{"model":%q,"prompt":"x","max_tokens":1}`, cfg.Model), nil); resp.StatusCode != 200 {
+			t.Fatalf("%d %s", resp.StatusCode, b)
+		}
+	}
+	if st := ws.Stats(); st.ByEngine["4"] != 3 || st.ByEngine["5"] != 3 || len(st.ByEngine) != 2 {
+		t.Fatalf("requests by engine %v, want 3 each on global ranks 4 and 5", st.ByEngine)
+	}
+}
+
+// The vllm_router_* series existing dashboards read are exported with their labels.
+func TestVLLMRouterMetricNames(t *testing.T) {
+	w, _ := startSim(t, fastSim())
+	srv := startRouter(t, "--policy", "round_robin", "--worker-urls", w)
+	waitForHealthy(t, srv, 1)
+	post(t, "http://"+srv.Addr()+"/v1/completions", fmt.Sprintf(`{"model":%q,"prompt":"x","max_tokens":1}`, fastSim().Model), nil)
+	post(t, "http://"+srv.Addr()+"/v1/completions", `not json`, nil)
+	_, m := get(t, "http://"+srv.MetricsAddr()+"/metrics")
+	for _, want := range []string{
+		`vllm_router_requests_total{route="/v1/completions"}`,
+		`vllm_router_request_duration_seconds_bucket{route="/v1/completions",le=`,
+		`vllm_router_active_workers 1`,
+		`vllm_router_worker_health{worker="` + w + `"} 1`,
+		`vllm_router_worker_load{worker="` + w + `"} 0`,
+		`vllm_router_running_requests{worker="` + w + `"} 0`,
+		`vllm_router_processed_requests_total{worker="` + w + `"} 2`,
+		`vllm_router_policy_decisions_total{policy="round_robin",worker="` + w + `"} 2`,
+		`vllm_router_cb_state{worker="` + w + `"} 0`,
+	} {
+		if !strings.Contains(string(m), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}
