@@ -313,3 +313,21 @@ func TestVLLMRouterMetricNames(t *testing.T) {
 		}
 	}
 }
+
+func TestCORS(t *testing.T) {
+	w, _ := startSim(t, fastSim())
+	srv := startRouter(t, "--policy", "round_robin", "--worker-urls", w, "--cors-allowed-origins", "https://ok.example")
+	waitForHealthy(t, srv, 1)
+	req, _ := http.NewRequest("OPTIONS", "http://"+srv.Addr()+"/v1/completions", nil)
+	req.Header.Set("Origin", "https://ok.example")
+	req.Header.Set("Access-Control-Request-Method", "POST")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 204 || resp.Header.Get("Access-Control-Allow-Origin") != "https://ok.example" {
+		t.Fatalf("preflight: %v %v", err, resp)
+	}
+	req.Header.Set("Origin", "https://evil.example")
+	resp, _ = http.DefaultClient.Do(req)
+	if resp.Header.Get("Access-Control-Allow-Origin") != "" {
+		t.Fatal("disallowed origin got CORS headers")
+	}
+}

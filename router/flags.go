@@ -108,7 +108,7 @@ var flagSpecs = []flagSpec{
 	{name: "worker-urls", kind: kindList, group: "Server", help: "List of worker URLs (e.g., http://worker1:8000 http://worker2:8000)", apply: list(func(c *Config, v []string) { c.WorkerURLs = v })},
 	{name: "intra-node-data-parallel-size", kind: kindInt, group: "Server", help: "Data-parallel ranks behind each worker URL; each rank is routed with X-data-parallel-rank (default 1)", apply: integer(func(c *Config, v int) { c.IntraNodeDataParallelSize = v })},
 	{name: "worker-startup-timeout-secs", kind: kindSecs, group: "Server", help: "Timeout in seconds for worker startup and /add_worker (default 600)", apply: secs(func(c *Config, d time.Duration) { c.WorkerStartupTimeout = d })},
-	{name: "worker-startup-check-interval", kind: kindSecs, group: "Server", help: "Interval in seconds between startup checks (default 30)", apply: secs(func(c *Config, d time.Duration) { c.WorkerStartupCheckInterval = d })},
+	{name: "worker-startup-check-interval", kind: kindSecs, group: "Server", help: "Accepted; a worker not yet healthy is checked every second (default 30)", apply: secs(func(c *Config, d time.Duration) { c.WorkerStartupCheckInterval = d })},
 	{name: "max-payload-size", kind: kindInt, group: "Server", help: "Maximum request body size in bytes (default 536870912)", apply: integer(func(c *Config, v int) { c.MaxPayloadSize = v })},
 	{name: "request-timeout-secs", kind: kindSecs, group: "Server", help: "Total lifetime cap of a routed request, stream included (default 0 = none)", apply: secs(func(c *Config, d time.Duration) { c.RequestTimeout = d })},
 	{name: "api-key", kind: kindString, group: "Server", help: "API key required from clients and sent to workers", apply: str(func(c *Config, v string) { c.APIKey = v })},

@@ -18,7 +18,9 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	ex.route = r
 	rid, buf := requestID(&ctx.Request.Header, s.ridHeaders, r, ex.ridBuf)
 	ex.ridBuf = buf
-	if c, ok := s.controlRoute(ctx); ok {
+	if origin := ctx.Request.Header.Peek("Origin"); len(origin) > 0 && s.cors(ctx, origin) {
+		// a CORS preflight, answered
+	} else if c, ok := s.controlRoute(ctx); ok {
 		s.serveControl(ctx, c)
 	} else if s.apiKey != nil && !s.authorized(ctx, s.apiKey) {
 		writeErr(ctx, errUnauthorized)
@@ -27,6 +29,32 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	}
 	ctx.Response.Header.SetBytesV("x-request-id", rid)
 	ex.handlerDone()
+}
+
+// cors applies --cors-allowed-origins as vllm-router does (an empty list allows any
+// origin) and answers preflight requests; it reports whether it answered.
+func (s *Server) cors(ctx *fasthttp.RequestCtx, origin []byte) bool {
+	allowed := len(s.cfg.CORSAllowedOrigins) == 0
+	for _, o := range s.cfg.CORSAllowedOrigins {
+		if o == string(origin) || o == "*" {
+			allowed = true
+		}
+	}
+	if !allowed {
+		return false
+	}
+	h := &ctx.Response.Header
+	h.SetBytesV("Access-Control-Allow-Origin", origin)
+	h.Set("Vary", "Origin")
+	h.Set("Access-Control-Expose-Headers", "x-request-id")
+	if !ctx.IsOptions() || len(ctx.Request.Header.Peek("Access-Control-Request-Method")) == 0 {
+		return false
+	}
+	h.Set("Access-Control-Allow-Methods", "GET, POST, OPTIONS, DELETE")
+	h.Set("Access-Control-Allow-Headers", "Content-Type, Authorization, X-Session-ID, X-Request-ID")
+	h.Set("Access-Control-Max-Age", "3600")
+	ctx.SetStatusCode(fasthttp.StatusNoContent)
+	return true
 }
 
 // authorized checks "Authorization: Bearer <key>" in constant time.
