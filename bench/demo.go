@@ -384,7 +384,11 @@ func printVerdict(w io.Writer, rows []Row) {
 			if a > b {
 				ratio, word = float64(a)/float64(b), "higher"
 			}
-			parts = append(parts, fmt.Sprintf("%s %s vs %s (%.1fx %s)", label, millis(a), millis(b), ratio, word))
+			how := fmt.Sprintf("%.1fx %s", ratio, word)
+			if ratio < 1.05 {
+				how = "about the same"
+			}
+			parts = append(parts, fmt.Sprintf("%s %s vs %s (%s)", label, millis(a), millis(b), how))
 		}
 		parts = append(parts, fmt.Sprintf("%.0f vs %.0f req/s",
 			base.Result.RequestsPerSecond(), other.Result.RequestsPerSecond()))
