@@ -1,0 +1,56 @@
+package fault
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// binDir holds the binaries the suites build once per test binary run.
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "switchyard-fault-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
+		os.RemoveAll(dir)
+		os.Exit(code)
+	}))
+}
+
+var (
+	buildOnce sync.Once
+	buildErr  error
+)
+
+// binaries builds bin/switchyard and bin/vllm-router from this checkout (once), so the
+// suites test the code they sit next to, not whatever `make build` left in bin/.
+func binaries(t *testing.T) (switchyard, vllmRouter string) {
+	t.Helper()
+	switchyard, vllmRouter = filepath.Join(binDir, "switchyard"), filepath.Join(binDir, "vllm-router")
+	buildOnce.Do(func() {
+		for _, b := range []struct{ out, pkg string }{
+			{switchyard, "github.com/switchyard/switchyard/cmd/switchyard"},
+			{vllmRouter, "github.com/switchyard/switchyard/cmd/vllm-router"},
+		} {
+			out, err := exec.Command("go", "build", "-o", b.out, b.pkg).CombinedOutput()
+			if err != nil {
+				buildErr = fmt.Errorf("go build %s: %v\n%s", b.pkg, err, out)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return switchyard, vllmRouter
+}
