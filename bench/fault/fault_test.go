@@ -71,6 +71,7 @@ func TestFaultInjection(t *testing.T) {
 	waitServed(t, l, byWorker, names, time.Time{}, 2, func(i int, w string) bool { return true }, 20*time.Second, "warm-up")
 
 	var windows []faultWindow
+	var streamed []result // the long streams cut by faults, counted with the load
 
 	// w0: SIGKILL with streams in flight, then a restart on the same port.
 	{
@@ -79,7 +80,7 @@ func TestFaultInjection(t *testing.T) {
 		long := startLongStreams(t, c, rt.addr, ids, byWorker[w][:2])
 		sims[0].signal(t, syscall.SIGKILL)
 		sims[0].waitExit(t, 5*time.Second)
-		checkLongStreams(t, long, w+" killed")
+		streamed = append(streamed, checkLongStreams(t, long, w+" killed")...)
 		waitHealth(t, c, rt, url, false, 10*time.Second)
 		down := time.Now()
 		waitServed(t, l, byWorker, []string{w}, down, 1, func(_ int, got string) bool { return got != w }, 15*time.Second, w+"'s sessions moved")
@@ -99,7 +100,7 @@ func TestFaultInjection(t *testing.T) {
 		from := time.Now()
 		long := startLongStreams(t, c, rt.addr, ids, byWorker[w][:2])
 		sims[1].signal(t, syscall.SIGSTOP)
-		checkLongStreams(t, long, w+" hung")
+		streamed = append(streamed, checkLongStreams(t, long, w+" hung")...)
 		waitHealth(t, c, rt, url, false, 10*time.Second)
 		down := time.Now()
 		waitServed(t, l, byWorker, []string{w}, down, 1, func(_ int, got string) bool { return got != w }, 15*time.Second, w+"'s sessions moved")
@@ -149,11 +150,11 @@ func TestFaultInjection(t *testing.T) {
 	l.halt()
 	halted = true
 	rs := l.snapshot()
-	tl := count(rs)
-	t.Logf("fault-injection figures: %s", tl)
-	if int64(tl.sent) != l.sent.Load() {
-		t.Errorf("recorded %d results for %d requests sent", tl.sent, l.sent.Load())
+	if int64(len(rs)) != l.sent.Load() {
+		t.Errorf("recorded %d results for %d requests sent", len(rs), l.sent.Load())
 	}
+	tl := count(append(rs, streamed...))
+	t.Logf("fault-injection figures: %s", tl)
 	if tl.lost != 0 {
 		n := 0
 		for _, r := range rs {
@@ -281,15 +282,18 @@ func startLongStreams(t *testing.T, c *http.Client, router string, ids []string,
 
 // checkLongStreams requires every long stream to end with an in-band error event then
 // data: [DONE], within the client deadline.
-func checkLongStreams(t *testing.T, streams []longStream, fault string) {
+func checkLongStreams(t *testing.T, streams []longStream, fault string) []result {
 	t.Helper()
+	var out []result
 	for _, ls := range streams {
 		r := <-ls.res // chatRequest's own deadline bounds this wait
+		out = append(out, r)
 		if !r.inBand || r.outcome != clearError {
 			t.Errorf("%s: stream in flight for %s ended %s (%s); want an in-band error event and data: [DONE]",
 				fault, ls.session, r.outcome, r.detail)
 		}
 	}
+	return out
 }
 
 // checkStickiness holds every successful answer outside its owner's fault windows to its
