@@ -37,3 +37,12 @@ fuzz-short:
 
 clean:
 	rm -rf $(BIN)
+
+# The router beside nginx, HAProxy and Go's httputil.ReverseProxy on this machine, same load
+# and backends (bench/peer/RESULTS.md). Pinned table: `PB_PIN=1 PB_RUNS=5 make peerbench`;
+# knobs (PB_MODES, PB_TARGETS, PB_DURATION ...) are listed at the top of bench/peer/run.sh.
+# PEERBENCH_ROUTER_ARGS adds router flags, e.g. --disable-retries to price a feature.
+PEERBENCH_ROUTER_ARGS ?=
+peerbench: build
+	ROUTER_NAME=router ROUTER_CMD='$(abspath $(BIN))/vllm-router --host 127.0.0.1 --port {PORT} --worker-urls {BACKEND_URLS} --policy {POLICY_NAME} --prometheus-port 0 $(PEERBENCH_ROUTER_ARGS)' \
+		bash bench/peer/run.sh
