@@ -36,8 +36,8 @@ type faultWindow struct {
 // The fault-injection suite: 4 simulator processes behind one router process, a steady
 // closed loop of multi-turn sessions, and one fault per worker in turn: SIGKILL (then a
 // restart on the same port), SIGSTOP (then SIGCONT), a flapping health check, and a
-// slowdown. Nothing may be lost, streams cut by a fault end in-band, only the faulted
-// worker's sessions move, and each worker comes back.
+// slowdown; then all four at once. Nothing may be lost, streams cut by a fault end
+// in-band, only the faulted workers' sessions move, and each worker comes back.
 func TestFaultInjection(t *testing.T) {
 	syBin, routerBin := binaries(t)
 	c := newClient(t)
@@ -145,6 +145,40 @@ func TestFaultInjection(t *testing.T) {
 		}
 		setFault(t, c, sims[3].addr, `{}`)
 		t.Logf("%s: slowed 8x for %v", w, time.Since(from).Round(time.Millisecond))
+	}
+
+	// All four at once: w3, slow, is the only worker left and takes every session.
+	{
+		from := time.Now()
+		long := startLongStreams(t, c, rt.addr, ids, append(byWorker["w0"][:1:1], byWorker["w1"][0]))
+		sims[0].signal(t, syscall.SIGKILL)
+		sims[1].signal(t, syscall.SIGSTOP)
+		setFault(t, c, sims[2].addr, `{"health_fail":true}`)
+		setFault(t, c, sims[3].addr, `{"slow_factor":8}`)
+		sims[0].waitExit(t, 5*time.Second)
+		streamed = append(streamed, checkLongStreams(t, long, "w0 killed and w1 hung together")...)
+		for _, u := range urls[:3] {
+			waitHealth(t, c, rt, u, false, 10*time.Second)
+		}
+		down := time.Now()
+		waitServed(t, l, byWorker, names[:3], down, 1, func(_ int, got string) bool { return got == "w3" }, 20*time.Second, "every session on w3")
+		sims[0] = startSim(t, syBin, "w0", portOf(t, sims[0].addr))
+		sims[1].signal(t, syscall.SIGCONT)
+		setFault(t, c, sims[2].addr, `{}`)
+		setFault(t, c, sims[3].addr, `{}`)
+		for _, u := range urls {
+			waitHealth(t, c, rt, u, true, 15*time.Second)
+		}
+		back := time.Now()
+		waitServed(t, l, byWorker, names, back, 1, func(i int, got string) bool { return got == owner[i] }, 20*time.Second, "every session back on its owner")
+		for _, u := range urls {
+			waitCircuitClosed(t, c, rt, u, 15*time.Second)
+		}
+		for _, w := range names[:3] {
+			windows = append(windows, faultWindow{w, from, time.Now()})
+		}
+		t.Logf("all at once: w0, w1, w2 down after %v; all back %v after recovery started",
+			down.Sub(from).Round(time.Millisecond), time.Since(back).Round(time.Millisecond))
 	}
 
 	l.halt()
