@@ -81,14 +81,18 @@ say "bringing SLURM up (installs slurm-wlm + munge if missing) and building bina
 UP_PID=$!
 mkdir -p "$WORK/bin"
 CLIENT=$WORK/bin/client
+(cd "$ROOT" && go build -o "$CLIENT" ./deploy/slurm/client) &
+CLIENT_BUILD=$!
 BUILT=0 # 1: $SWITCHYARD is this run's own build, so any process running it is the test's
 if [[ -z ${SWITCHYARD:-} ]]; then
   BUILT=1
   SWITCHYARD=$WORK/bin/switchyard
+  say "building switchyard (pass SWITCHYARD=bin/switchyard to reuse a build: a cold build is slow)"
   (cd "$ROOT" && go build -o "$SWITCHYARD" ./cmd/switchyard) || fail "go build ./cmd/switchyard"
 fi
+[[ -x $SWITCHYARD ]] || fail "SWITCHYARD=$SWITCHYARD is not an executable"
 SWITCHYARD=$(realpath "$SWITCHYARD")
-(cd "$ROOT" && go build -o "$CLIENT" ./deploy/slurm/client) || fail "go build ./deploy/slurm/client"
+wait "$CLIENT_BUILD" || fail "go build ./deploy/slurm/client"
 say "binaries built"
 if ! wait "$UP_PID"; then
   cat "$WORK/slurm-up.log" >&2
@@ -111,13 +115,28 @@ job_pids() {
   pgrep -f "^slurmstepd: \[$1\." || true
   if ((BUILT)); then pgrep -f "^$SWITCHYARD " || true; fi
 }
+# plan_ports CONFIG: the deployment's ports as an ERE alternation, plus the router's
+# Prometheus port (vllm-router's default 29000, which the plan leaves implicit).
+plan_ports() {
+  local ports
+  ports=$("$SWITCHYARD" plan "$1" --format json | grep -o '"port": *[0-9]*' | grep -o '[0-9]*$') || return 1
+  printf '%s\n' $ports 29000 | sort -u | paste -sd'|'
+}
+# listening PORTS: the sockets listening on those ports on the emulated nodes' addresses or
+# on every address.
+listening() { ss -ltnpH | awk '{print $4, $6}' | grep -E "^(127\.0\.0\.[1-3]|0\.0\.0\.0|\*|\[::\]):($1) " || true; }
 job_state() { squeue -h -j "$1" -o %T 2>/dev/null || true; }
 show_job_log() { echo "---- job $1 output (last 60 lines) ----" >&2; tail -n 60 "$2" >&2 || true; }
 
 declare -A SUMMARY
 run_case() {
-  local name=$1 config=$2 t_case out job nodes head urlfile state before pids i
+  local name=$1 config=$2 t_case out job nodes head urlfile state before pids ports i
   t_case=$(date +%s.%N)
+  ports=$(plan_ports "$config") || fail "[$name] switchyard plan $config"
+  if [[ -n $(listening "$ports") ]]; then
+    listening "$ports" >&2
+    cannot "another process on this machine listens on a port the test deployment needs ($ports)"
+  fi
   say "[$name] rendering $config"
   local render=("$SWITCHYARD" deploy slurm "$config" --engine-cmd sim --bind-local-ip
     --local-ip-cmd "$LOCAL_IP_CMD" --binary "$SWITCHYARD" --time 00:05:00)
@@ -179,8 +198,9 @@ run_case() {
     fail "[$name] processes of job $job outlived scancel by 20 s"
   fi
   [[ -z $state || $state == CANCELLED ]] || fail "[$name] job $job still $state 20 s after scancel"
-  if ss -ltnH | awk '{print $4}' | grep -E '^127\.0\.0\.[1-3]:38[0-9]{3}$'; then
-    fail "[$name] a deployment port is still listening after the job ended"
+  if [[ -n $(listening "$ports") ]]; then
+    listening "$ports" >&2
+    fail "[$name] a deployment port ($ports) is still listening after the job ended"
   fi
   say "[$name] scancel: $before job processes before, 0 after; ports free ($(awk -v a="$t_case" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1fs", b - a }') for this case)"
 }
