@@ -116,6 +116,24 @@ func atoiOK(s string) (int, bool) {
 	return n, s != ""
 }
 
+func TestJSONContentTypeRequired(t *testing.T) {
+	ts := start(t, testConfig())
+	for _, ct := range []string{"", "text/plain", "application/x-www-form-urlencoded"} {
+		resp, err := client.Post(ts.url+"/v1/completions", ct, strings.NewReader(`{"prompt":"x","max_tokens":1}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 400 {
+			t.Errorf("Content-Type %q: %d, want 400", ct, resp.StatusCode)
+		}
+	}
+	r := post(t, ts.url+"/v1/completions", `{"prompt":"x","max_tokens":1}`, "Content-Type", "application/json; charset=utf-8")
+	if r.status != 200 {
+		t.Errorf("application/json with charset: %d", r.status)
+	}
+}
+
 func TestIDsFollowRequestID(t *testing.T) {
 	ts := start(t, testConfig())
 	r := post(t, ts.url+"/v1/chat/completions", `{"messages":[{"role":"user","content":"x"}],"max_tokens":1}`, "X-Request-Id", "abc")
@@ -333,6 +351,7 @@ func TestShutdownEndsStreams(t *testing.T) {
 
 func TestServeOnlyOnce(t *testing.T) {
 	ts := start(t, testConfig())
+	do(t, http.MethodGet, ts.url+"/health", "") // Serve has started
 	if err := ts.Serve(listen(t)); err != ErrServing {
 		t.Errorf("second Serve: %v, want ErrServing", err)
 	}

@@ -388,7 +388,26 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		writeDetail(ctx, fasthttp.StatusMethodNotAllowed, "Method Not Allowed")
 		return
 	}
+	if jsonBodyRoutes[path] && !isJSON(ctx.Request.Header.ContentType()) {
+		// vLLM's validate_json_request dependency, so a proxy that loses the
+		// Content-Type fails here as it would on vLLM.
+		s.reject(ctx, &requestError{status: 400, typ: "Bad Request",
+			msg: "Unsupported Media Type: Only 'application/json' is allowed"})
+		return
+	}
 	r.h(ctx, rid)
+}
+
+// jsonBodyRoutes take a JSON body and, like vLLM's, require it to be labelled so.
+var jsonBodyRoutes = map[string]bool{
+	"/v1/chat/completions": true, "/v1/completions": true, "/inference/v1/generate": true,
+	"/v1/responses": true, "/v1/messages": true, "/v1/embeddings": true, "/tokenize": true, "/detokenize": true,
+}
+
+// isJSON reports whether a Content-Type names application/json, parameters aside.
+func isJSON(ct []byte) bool {
+	mt, _, _ := strings.Cut(string(ct), ";")
+	return strings.EqualFold(strings.TrimSpace(mt), "application/json")
 }
 
 // authorized compares the bearer token with each key as SHA-256 digests, as vLLM does.
