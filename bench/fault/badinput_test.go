@@ -93,17 +93,29 @@ func rawExchange(addr string, req []byte, within time.Duration) (rawReply, error
 	conn.SetDeadline(time.Now().Add(within))
 	werr := make(chan error, 1)
 	go func() { _, err := conn.Write(req); werr <- err }()
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	for err == nil && resp.StatusCode >= 100 && resp.StatusCode < 200 { // 100 Continue and such
+		resp, err = http.ReadResponse(br, nil)
+	}
 	if err != nil {
 		<-werr
 		return rawReply{}, fmt.Errorf("no response: %w", err)
 	}
 	body, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
+	if err != nil {
+		<-werr
+		return rawReply{}, fmt.Errorf("status %d, body cut: %w", resp.StatusCode, err)
+	}
+	// Whatever follows on the connection must not be another answer: a second response
+	// means a request hidden in the first one's body was processed.
+	rest, _ := io.ReadAll(br)
 	conn.Close()
 	<-werr
-	if err != nil {
-		return rawReply{}, fmt.Errorf("status %d, body cut: %w", resp.StatusCode, err)
+	if i := bytes.Index(rest, []byte("HTTP/1.")); i >= 0 {
+		return rawReply{}, fmt.Errorf("status %d, then a second response on the same connection (a smuggled request was served): %.200q",
+			resp.StatusCode, rest[i:])
 	}
 	return rawReply{resp.StatusCode, resp.Header, body}, nil
 }
@@ -251,6 +263,19 @@ func TestBadInput(t *testing.T) {
 		{"bad chunk size", false, httpReq("POST", "/v1/chat/completions", jsonCT("Transfer-Encoding: chunked"), "zz\r\n{}\r\n0\r\n\r\n"), []int{400}, byRouter},
 		{"negative Content-Length", false, httpReq("POST", "/v1/chat/completions", jsonCT("Content-Length: -5"), ""), []int{400}, byRouter},
 		{"Content-Length not a number", false, httpReq("POST", "/v1/chat/completions", jsonCT("Content-Length: 12abc"), ""), []int{400}, byRouter},
+		{"Content-Length with Transfer-Encoding hiding a second request", false, []byte("POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\n" +
+			"Content-Length: 49\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /list_workers HTTP/1.1\r\nHost: router\r\n\r\n"), []int{400}, byRouter},
+		{"two Transfer-Encodings hiding a second request", false, []byte("POST /v1/chat/completions HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\n" +
+			"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\nGET /list_workers HTTP/1.1\r\nHost: router\r\n\r\n"), []int{400, 501}, byRouter},
+		{"chunk size overflowing 64 bits", false, httpReq("POST", "/v1/chat/completions", jsonCT("Transfer-Encoding: chunked"), "fffffffffffffffffff\r\n{}\r\n0\r\n\r\n"), []int{400, 413}, byRouter},
+		{"NUL byte in a header value", false, httpReq("POST", "/v1/chat/completions", jsonCT("X-Nul: a\x00b"), chatBody), []int{400}, byRouter},
+		{"request target of 32 KiB", false, httpReq("GET", "/health?pad="+strings.Repeat("p", 32<<10), nil, ""), []int{414, 431}, byRouter},
+		{"Expect: 100-continue with a body over --max-payload-size", false, httpReq("POST", "/v1/chat/completions", jsonCT("Expect: 100-continue", fmt.Sprintf("Content-Length: %d", 10*maxPayload)), ""), []int{413}, byRouter},
+		{"Expect: 100-continue within limits", false, httpReq("POST", "/v1/chat/completions", jsonCT("Expect: 100-continue"), chatBody), []int{200}, served},
+		{"HTTP/9.9", false, []byte("GET /health HTTP/9.9\r\nHost: router\r\nConnection: close\r\n\r\n"), []int{505, 400}, byRouter},
+		{"GET /workers/ with an encoded NUL", false, httpReq("GET", "/workers/http%3A%2F%2F127.0.0.1%3A9%00", nil, ""), []int{400, 404}, byRouter},
+		{"GET /workers/ with an encoded 0xff byte", false, httpReq("GET", "/workers/http%3A%2F%2F127.0.0.1%3A9%ff", nil, ""), []int{400, 404}, byRouter},
+		{"DELETE /workers/ with an encoded control byte", false, httpReq("DELETE", "/workers/http%3A%2F%2F127.0.0.1%3A9%01", admin(), ""), []int{400, 404}, byRouter},
 		{"HTTP/1.1 without Host", false, []byte("GET /health HTTP/1.1\r\nConnection: close\r\n\r\n"), []int{400}, byRouter},
 		{"garbage request line", false, []byte("HELLO THERE\r\n\r\n"), []int{400}, byRouter},
 		// P/D: the router parses every generation body itself.
