@@ -162,8 +162,7 @@ func Demo(ctx context.Context, o DemoOptions) ([]Row, error) {
 		res, err := o.runPolicy(ctx, policy, w, simCfg)
 		if err != nil {
 			if ctx.Err() != nil {
-				fmt.Fprintln(o.Out, "interrupted")
-				break
+				break // the caller reports the interruption; the finished rows still print
 			}
 			return rows, fmt.Errorf("policy %s: %w", policy, err)
 		}

@@ -15,7 +15,7 @@ type Result struct {
 	// Requests counts requests answered 2xx with a well-formed body (stream ended by [DONE]).
 	Requests int
 	// Errors counts failed requests; ErrorsByKind splits them ("HTTP 503", "transport",
-	// "truncated stream", "stream error", "bad body"). Requests cut short because the run
+	// "timeout", "truncated stream", "stream error", "bad body"). Requests cut short because the run
 	// ended are neither.
 	Errors       int
 	ErrorsByKind map[string]int

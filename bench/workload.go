@@ -393,6 +393,9 @@ func (r *runner) send(ctx context.Context, sessionID string, body []byte) outcom
 	start := time.Now()
 	resp, err := r.client.Do(req)
 	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return outcome{kind: "timeout", err: err}
+		}
 		return outcome{kind: "transport", err: err}
 	}
 	defer resp.Body.Close()
@@ -423,6 +426,8 @@ func (r *runner) send(ctx context.Context, sessionID string, body []byte) outcom
 		out.kind = "stream error"
 	case errors.Is(out.err, ErrBadBody):
 		out.kind = "bad body"
+	case errors.Is(out.err, context.DeadlineExceeded):
+		out.kind = "timeout"
 	default:
 		out.kind = "transport"
 	}

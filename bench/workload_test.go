@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -239,6 +240,51 @@ func TestRunCountsErrorsByStatus(t *testing.T) {
 	}
 	if res.Sessions != 3 || res.FinishedSessions != 0 {
 		t.Fatalf("sessions %d (finished %d); want 3 (0)", res.Sessions, res.FinishedSessions)
+	}
+}
+
+func TestRunErrorKinds(t *testing.T) {
+	tests := []struct {
+		name     string
+		stream   bool
+		handler  http.HandlerFunc
+		wantKind string
+	}{
+		{"status", false, func(w http.ResponseWriter, r *http.Request) {
+			http.Error(w, "busy", http.StatusTooManyRequests)
+		}, "HTTP 429"},
+		{"request timeout", false, func(w http.ResponseWriter, r *http.Request) {
+			// Answers only when the client gives up. The body must be read first: the server
+			// notices a closed connection only once the request body is consumed.
+			_, _ = io.Copy(io.Discard, r.Body)
+			<-r.Context().Done()
+		}, "timeout"},
+		{"stream without DONE", true, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/event-stream")
+			fmt.Fprint(w, "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n")
+		}, "truncated stream"},
+		{"error event in stream", true, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/event-stream")
+			fmt.Fprint(w, "data: {\"error\":{\"message\":\"engine died\"}}\n\n")
+		}, "stream error"},
+		{"body not JSON", false, func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprint(w, "<html>")
+		}, "bad body"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(tc.handler)
+			defer srv.Close()
+			w := Workload{URL: srv.URL, Sessions: 1, MaxRequests: 2, Stream: tc.stream, Seed: 1,
+				RequestTimeout: 100 * time.Millisecond, errorPause: time.Millisecond}
+			res, err := Run(context.Background(), w, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Requests != 0 || res.Errors != 2 || res.ErrorsByKind[tc.wantKind] != 2 {
+				t.Fatalf("requests %d, errors %v; want 2 %q", res.Requests, res.ErrorsByKind, tc.wantKind)
+			}
+		})
 	}
 }
 
