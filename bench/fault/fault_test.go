@@ -22,6 +22,10 @@ var faultRouterFlags = []string{
 	"--max-concurrent-requests", "512", "--queue-size", "512", "--queue-timeout-secs", "5",
 }
 
+// longTokens makes a stream last 20 s at the simulator's pace: still running when the
+// fault hits it.
+const longTokens = 4000
+
 // sessionsPerWorker is how many load sessions each worker owns at the start.
 const sessionsPerWorker = 6
 
@@ -78,7 +82,8 @@ func TestFaultInjection(t *testing.T) {
 	{
 		w, url := "w0", urls[0]
 		from := time.Now()
-		long := startLongStreams(t, c, rt.addr, ids, byWorker[w][:2])
+		long := startLongStreams(t, c, rt.addr, ids, byWorker[w][:2], longTokens)
+		requireOn(t, long, w)
 		sims[0].signal(t, syscall.SIGKILL)
 		sims[0].waitExit(t, 5*time.Second)
 		streamed = append(streamed, checkLongStreams(t, long, w+" killed")...)
@@ -99,7 +104,8 @@ func TestFaultInjection(t *testing.T) {
 	{
 		w, url := "w1", urls[1]
 		from := time.Now()
-		long := startLongStreams(t, c, rt.addr, ids, byWorker[w][:2])
+		long := startLongStreams(t, c, rt.addr, ids, byWorker[w][:2], longTokens)
+		requireOn(t, long, w)
 		sims[1].signal(t, syscall.SIGSTOP)
 		streamed = append(streamed, checkLongStreams(t, long, w+" hung")...)
 		waitHealth(t, c, rt, url, false, 10*time.Second)
@@ -151,7 +157,7 @@ func TestFaultInjection(t *testing.T) {
 	// All four at once: w3, slow, is the only worker left and takes every session.
 	{
 		from := time.Now()
-		long := startLongStreams(t, c, rt.addr, ids, append(byWorker["w0"][:1:1], byWorker["w1"][0]))
+		long := startLongStreams(t, c, rt.addr, ids, append(byWorker["w0"][:1:1], byWorker["w1"][0]), longTokens)
 		sims[0].signal(t, syscall.SIGKILL)
 		sims[1].signal(t, syscall.SIGSTOP)
 		setFault(t, c, sims[2].addr, `{"health_fail":true}`)
@@ -286,25 +292,26 @@ func waitCircuitClosed(t *testing.T, c *http.Client, rt *proc, url string, withi
 // longStream is a stream started on a worker about to fail.
 type longStream struct {
 	session string
+	worker  string // the worker streaming it
 	res     chan result
 }
 
-// startLongStreams opens one long stream per session (4000 tokens: 20 s at the simulator's
+// startLongStreams opens one long stream per session (tokens at the simulator's 5 ms
 // pace) and returns once each has received its first event.
-func startLongStreams(t *testing.T, c *http.Client, router string, ids []string, sessions []int) []longStream {
+func startLongStreams(t *testing.T, c *http.Client, router string, ids []string, sessions []int, tokens int) []longStream {
 	t.Helper()
 	var out []longStream
 	for _, i := range sessions {
 		ls := longStream{session: ids[i], res: make(chan result, 1)}
-		first := make(chan struct{})
-		body, _ := json.Marshal(map[string]any{"model": "sim-model", "stream": true, "max_tokens": 4000, "min_tokens": 4000,
+		first := make(chan string, 1)
+		body, _ := json.Marshal(map[string]any{"model": "sim-model", "stream": true, "max_tokens": tokens, "min_tokens": tokens,
 			"messages": []map[string]string{{"role": "user", "content": "a long answer please"}}})
 		go func() {
 			r, _ := chatRequest(c, router, ls.session, i, body, true, first)
 			ls.res <- r
 		}()
 		select {
-		case <-first:
+		case ls.worker = <-first:
 		case r := <-ls.res:
 			t.Fatalf("long stream for %s ended before its first event: %s %s", ls.session, r.outcome, r.detail)
 		case <-time.After(10 * time.Second):
@@ -313,6 +320,16 @@ func startLongStreams(t *testing.T, c *http.Client, router string, ids []string,
 		out = append(out, ls)
 	}
 	return out
+}
+
+// requireOn checks the long streams run on the worker about to be faulted.
+func requireOn(t *testing.T, streams []longStream, worker string) {
+	t.Helper()
+	for _, ls := range streams {
+		if ls.worker != worker {
+			t.Fatalf("long stream for %s runs on %q, want %s", ls.session, ls.worker, worker)
+		}
+	}
 }
 
 // checkLongStreams requires every long stream to end with an in-band error event then

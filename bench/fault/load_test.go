@@ -109,8 +109,9 @@ func (l *load) do(i int, body []byte, stream bool) (result, string) {
 }
 
 // chatRequest posts body to /v1/chat/completions under the session's key and reads the
-// answer to its end. firstEvent, when set, is closed once a stream's first event arrived.
-func chatRequest(c *http.Client, router, sessionID string, i int, body []byte, stream bool, firstEvent chan struct{}) (result, string) {
+// answer to its end. firstEvent, when set, gets the answering worker's name once a
+// stream's first event arrived; it must have room for it.
+func chatRequest(c *http.Client, router, sessionID string, i int, body []byte, stream bool, firstEvent chan<- string) (result, string) {
 	r := result{session: i, stream: stream, sentAt: time.Now()}
 	ctx, cancel := context.WithTimeout(context.Background(), requestDeadline)
 	defer cancel()
@@ -166,7 +167,7 @@ func chatRequest(c *http.Client, router, sessionID string, i int, body []byte, s
 		}
 		events++
 		if events == 1 && firstEvent != nil {
-			close(firstEvent)
+			firstEvent <- r.worker
 		}
 		var ev struct {
 			Error   json.RawMessage `json:"error"`

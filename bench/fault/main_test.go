@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 
@@ -46,7 +47,7 @@ func binaries(t *testing.T) (switchyard, vllmRouter string) {
 			{switchyard, "github.com/switchyard/switchyard/cmd/switchyard"},
 			{vllmRouter, "github.com/switchyard/switchyard/cmd/vllm-router"},
 		} {
-			out, err := exec.Command("go", "build", "-o", b.out, b.pkg).CombinedOutput()
+			out, err := exec.Command(goTool(), "build", "-o", b.out, b.pkg).CombinedOutput()
 			if err != nil {
 				buildErr = fmt.Errorf("go build %s: %v\n%s", b.pkg, err, out)
 				return
@@ -57,4 +58,12 @@ func binaries(t *testing.T) (switchyard, vllmRouter string) {
 		t.Fatal(buildErr)
 	}
 	return switchyard, vllmRouter
+}
+
+// goTool is the go command: the one on PATH, else the one of the toolchain running the test.
+func goTool() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	return filepath.Join(runtime.GOROOT(), "bin", "go")
 }
