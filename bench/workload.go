@@ -164,7 +164,7 @@ func Run(ctx context.Context, w Workload, progress io.Writer) (Result, error) {
 	runCtx, cancel := context.WithTimeout(ctx, w.Duration)
 	defer cancel()
 	start := time.Now()
-	stopProgress := startProgress(progress, w.progressEvery, start, &r.done, &r.failed)
+	stopProgress := startProgress(progress, isTerminal(progress), w.progressEvery, start, &r.done, &r.failed)
 	var wg sync.WaitGroup
 	for range w.Sessions {
 		wg.Go(func() { r.loop(runCtx) })
@@ -486,11 +486,10 @@ func systemPrompt(n int, seed uint64) string {
 
 // startProgress prints a status line every period until the returned stop is called.
 // On a terminal the line is rewritten in place; elsewhere (logs, CI) one line per period.
-func startProgress(w io.Writer, period time.Duration, start time.Time, done, failed *atomic.Int64) (stop func()) {
+func startProgress(w io.Writer, tty bool, period time.Duration, start time.Time, done, failed *atomic.Int64) (stop func()) {
 	if w == nil {
 		return func() {}
 	}
-	tty := isTerminal(w)
 	quit, exited := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(exited)

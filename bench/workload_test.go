@@ -399,3 +399,21 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+func TestProgressOnTerminalRewritesOneLine(t *testing.T) {
+	var out syncBuffer
+	var done, failed atomic.Int64
+	done.Store(7)
+	failed.Store(2)
+	stop := startProgress(&out, true, time.Millisecond, time.Now(), &done, &failed)
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(out.String(), "\x1b[K") && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond) // polling for the first line
+	}
+	stop()
+	got := out.String()
+	if !strings.HasPrefix(got, "\r") || !strings.Contains(got, "7 requests") || !strings.Contains(got, "2 errors") ||
+		!strings.HasSuffix(got, "\n") || strings.Count(got, "\n") != 1 {
+		t.Fatalf("terminal progress %q: want \\r-rewritten lines and one final newline", got)
+	}
+}
