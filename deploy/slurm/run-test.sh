@@ -9,7 +9,8 @@
 # client (deploy/slurm/client) as a step of that job on the router's node, reading the router
 # URL the job wrote (the INFER_URLS contract); the client sends multi-turn X-Session-ID sessions
 # and checks success, stickiness and (pd) prefill-then-decode with KV claimed across nodes.
-# Then it scancels the job and checks that none of its processes or ports outlive it, and
+# Then it ends the job (pd: scancel; multi: SIGKILL one engine, which must fail the whole job
+# by itself) and checks that none of its processes or ports outlive it, and
 # finally takes SLURM down.
 #
 # Exit codes: 0 pass; 1 a check failed; 3 this machine cannot run the test (not root, no
@@ -125,12 +126,17 @@ plan_ports() {
 # listening PORTS: the sockets listening on those ports on the emulated nodes' addresses or
 # on every address.
 listening() { ss -ltnpH | awk '{print $4, $6}' | grep -E "^(127\.0\.0\.[1-3]|0\.0\.0\.0|\*|\[::\]):($1) " || true; }
-job_state() { squeue -h -j "$1" -o %T 2>/dev/null || true; }
+# job_state JOB: RUNNING, FAILED, CANCELLED ...; empty once slurmctld forgot the job
+# (MinJobAge=5 s after it ended).
+job_state() { scontrol show job -o "$1" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | cut -d= -f2 || true; }
 show_job_log() { echo "---- job $1 output (last 60 lines) ----" >&2; tail -n 60 "$2" >&2 || true; }
 
 declare -A SUMMARY
+# run_case NAME CONFIG END: END is how the job is ended: "scancel", or "crash" (SIGKILL one
+# engine on the last node: with no restarts allowed, its launcher fails, which must end
+# the whole job, FAILED, by itself).
 run_case() {
-  local name=$1 config=$2 t_case out job nodes head urlfile state before pids ports i
+  local name=$1 config=$2 end=$3 t_case victim want args p out job nodes head urlfile state before pids ports i
   t_case=$(date +%s.%N)
   ports=$(plan_ports "$config") || fail "[$name] switchyard plan $config"
   if [[ -n $(listening "$ports") ]]; then
@@ -157,12 +163,13 @@ run_case() {
   for i in $(seq 150); do
     state=$(job_state "$job")
     [[ $state == RUNNING ]] && break
-    [[ -z $state || $state == FAILED || $state == CANCELLED || $state == COMPLETED ]] && {
+    [[ -n $state && $state != PENDING && $state != CONFIGURING ]] && {
       show_job_log "$job" "$log"; fail "[$name] job $job ended before running (state '${state:-gone}')"; }
     sleep 0.2
   done
   [[ $state == RUNNING ]] || { scontrol show job "$job" >&2; fail "[$name] job $job not running after 30 s (state $state)"; }
   nodes=$(scontrol show hostnames "$(squeue -h -j "$job" -o %N)" | paste -sd,)
+  [[ $nodes == node1,node2,node3 ]] || fail "[$name] job $job runs on '$nodes', want node1,node2,node3"
   head=${nodes%%,*}
   urlfile=$WORK/switchyard-$job.urls
   say "[$name] job $job running on $nodes; client step on $head"
@@ -185,30 +192,51 @@ run_case() {
 
   # Job end: everything the job started must go with it.
   before=$(job_pids "$job" | sort -u | wc -l)
-  ((before >= 6)) || fail "[$name] only $before processes of job $job found before scancel: the leftover check would prove nothing"
-  scancel "$job"
+  ((before >= 6)) || fail "[$name] only $before processes of job $job found before it ended: the leftover check would prove nothing"
+  case $end in
+    scancel)
+      want=CANCELLED
+      scancel "$job"
+      ;;
+    crash)
+      want=FAILED
+      victim=
+      for p in $(job_pids "$job" | sort -u); do
+        args=" $(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null || true)"
+        [[ $args == *' sim serve '* && $args == *' --host 127.0.0.3 '* ]] && { victim=$p; break; }
+      done
+      [[ -n $victim ]] || fail "[$name] no engine of job $job found on node3 to crash"
+      say "[$name] SIGKILL engine pid $victim on node3: the job must end by itself"
+      kill -KILL "$victim"
+      ;;
+  esac
   for i in $(seq 100); do
     state=$(job_state "$job")
     pids=$(job_pids "$job" | sort -u | paste -sd' ')
-    [[ (-z $state || $state == CANCELLED) && -z $pids ]] && break
+    [[ $state != RUNNING && $state != COMPLETING && -z $pids ]] && break
     sleep 0.2
   done
   if [[ -n $pids ]]; then
     ps -o pid,ppid,pgid,etime,args -p "${pids// /,}" >&2 || true
-    fail "[$name] processes of job $job outlived scancel by 20 s"
+    show_job_log "$job" "$log"
+    fail "[$name] processes of job $job outlived its end ($end) by 20 s"
   fi
-  [[ -z $state || $state == CANCELLED ]] || fail "[$name] job $job still $state 20 s after scancel"
+  [[ -z $state || $state == "$want" ]] || { show_job_log "$job" "$log"; fail "[$name] job $job is $state 20 s after $end, want $want"; }
+  if [[ $end == crash ]]; then
+    grep -q 'died after 0 restart(s)' "$log" && grep -q '^switchyard: job step ended with exit code [1-9]' "$log" ||
+      { show_job_log "$job" "$log"; fail "[$name] the job log does not show the engine death failing the job"; }
+  fi
   if [[ -n $(listening "$ports") ]]; then
     listening "$ports" >&2
     fail "[$name] a deployment port ($ports) is still listening after the job ended"
   fi
-  say "[$name] scancel: $before job processes before, 0 after; ports free ($(awk -v a="$t_case" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1fs", b - a }') for this case)"
+  say "[$name] $end: job ${state:-gone}, $before job processes before, 0 after; ports free ($(awk -v a="$t_case" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1fs", b - a }') for this case)"
 }
 
 for c in $CASES; do
   case $c in
-    multi) run_case multi "$ROOT/examples/slurm_multi_replica.toml" ;;
-    pd) run_case pd "$ROOT/examples/slurm_disaggregated.toml" ;;
+    multi) run_case multi "$ROOT/examples/slurm_multi_replica.toml" crash ;;
+    pd) run_case pd "$ROOT/examples/slurm_disaggregated.toml" scancel ;;
     *) fail "unknown case $c (want multi and/or pd)" ;;
   esac
 done
