@@ -131,8 +131,9 @@ func parsePD(s string) (prefill, decode int, err error) {
 
 // Demo runs o.Policies one after another, each against fresh simulators (cold caches) and a
 // fresh router, prints progress and then the comparison table to o.Out, and returns the rows.
-// A ctx cancel stops the current run, the router and the simulators, and returns the rows
-// finished so far with ctx's error.
+// A policy that fails (its router does not start, say) is reported and skipped; the error
+// returned then joins every such failure. A ctx cancel stops the current run, the router and
+// the simulators, and returns the rows finished so far with ctx's error.
 func Demo(ctx context.Context, o DemoOptions) ([]Row, error) {
 	o, err := o.withDefaults()
 	if err != nil {
@@ -157,6 +158,7 @@ func Demo(ctx context.Context, o DemoOptions) ([]Row, error) {
 		simCfg.CacheBlocks, simCfg.BlockSize, simCfg.PrefillPerToken)
 
 	var rows []Row
+	var failed []error
 	for _, policy := range o.Policies {
 		fmt.Fprintf(o.Out, "── %s\n", policy)
 		res, err := o.runPolicy(ctx, policy, w, simCfg)
@@ -164,7 +166,12 @@ func Demo(ctx context.Context, o DemoOptions) ([]Row, error) {
 			if ctx.Err() != nil {
 				break // the caller reports the interruption; the finished rows still print
 			}
-			return rows, fmt.Errorf("policy %s: %w", policy, err)
+			// One policy failing (say, a name the router does not know) should not hide
+			// the others' results.
+			err = fmt.Errorf("policy %s: %w", policy, err)
+			fmt.Fprintf(o.Out, "failed: %v\n", err)
+			failed = append(failed, err)
+			continue
 		}
 		rows = append(rows, Row{Policy: policy, Result: res})
 		if res.CacheError != nil {
@@ -179,7 +186,10 @@ func Demo(ctx context.Context, o DemoOptions) ([]Row, error) {
 		printErrors(o.Out, rows)
 		printVerdict(o.Out, rows)
 	}
-	return rows, ctx.Err()
+	if ctx.Err() != nil {
+		return rows, ctx.Err()
+	}
+	return rows, errors.Join(failed...)
 }
 
 func (o DemoOptions) demoWorkload() Workload {

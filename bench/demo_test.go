@@ -223,6 +223,24 @@ func TestDemoCancelStopsEverything(t *testing.T) {
 	}
 }
 
+func TestDemoSkipsAFailingPolicy(t *testing.T) {
+	tr := &testRouter{}
+	var out syncBuffer
+	rows, err := Demo(context.Background(), DemoOptions{
+		Policies: []string{"nonsense", "round_robin"}, Workers: 2, Sessions: 2, Duration: time.Minute,
+		Out: &out, StartRouter: tr.start, Workload: Workload{Seed: 1, MaxRequests: 4},
+	})
+	if err == nil || !strings.Contains(err.Error(), "policy nonsense") || !strings.Contains(err.Error(), "unknown policy") {
+		t.Fatalf("err = %v; want the nonsense policy's failure", err)
+	}
+	if len(rows) != 1 || rows[0].Policy != "round_robin" || rows[0].Result.Requests != 4 {
+		t.Fatalf("rows %+v; want round_robin's 4 requests", rows)
+	}
+	if !strings.Contains(out.String(), "failed: policy nonsense") || !strings.Contains(out.String(), "round_robin ") {
+		t.Fatalf("output does not report the failure and the table:\n%s", out.String())
+	}
+}
+
 func TestDemoOptionsValidation(t *testing.T) {
 	start := (&testRouter{}).start
 	tests := []struct {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // vLLM's prefix-cache counters, in tokens. The gpu_ names are what vLLM V1 exported before
@@ -129,8 +130,13 @@ func parseCacheCounters(r io.Reader) (CacheCounters, error) {
 	return CacheCounters{Queries: sums[metricPrefixQueriesLegacy], Hits: sums[metricPrefixHitsLegacy]}, nil
 }
 
+// scrapeTimeout bounds one /metrics fetch.
+const scrapeTimeout = 5 * time.Second
+
 // scrapeCache fetches baseURL+"/metrics" from every worker and sums their prefix-cache counters.
 func scrapeCache(ctx context.Context, client *http.Client, baseURLs []string) (CacheCounters, error) {
+	ctx, cancel := context.WithTimeout(ctx, scrapeTimeout)
+	defer cancel()
 	var total CacheCounters
 	for _, base := range baseURLs {
 		c, err := scrapeOne(ctx, client, strings.TrimRight(base, "/")+"/metrics")
