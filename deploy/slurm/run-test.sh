@@ -116,13 +116,18 @@ job_pids() {
   pgrep -f "^slurmstepd: \[$1\." || true
   if ((BUILT)); then pgrep -f "^$SWITCHYARD " || true; fi
 }
-# plan_ports CONFIG: the deployment's ports as an ERE alternation, plus the router's
-# Prometheus port (vllm-router's default 29000, which the plan leaves implicit).
+# plan_ports CONFIG [EXTRA...]: the deployment's planned ports, and EXTRA, as an ERE
+# alternation.
 plan_ports() {
-  local ports
-  ports=$("$SWITCHYARD" plan "$1" --format json | grep -o '"port": *[0-9]*' | grep -o '[0-9]*$') || return 1
-  printf '%s\n' $ports 29000 | sort -u | paste -sd'|'
+  local ports config=$1
+  shift
+  ports=$("$SWITCHYARD" plan "$config" --format json | grep -o '"port": *[0-9]*' | grep -o '[0-9]*$') || return 1
+  printf '%s\n' $ports "$@" | sort -u | paste -sd'|'
 }
+# The router's Prometheus listener: vllm-router's default 127.0.0.1:29000, which the plan
+# leaves implicit. Other routers on a shared machine use it too, so it is checked free
+# before the job (a busy port fails the router) but not after (someone else may take it).
+METRICS_PORT=29000
 # listening PORTS: the sockets listening on those ports on the emulated nodes' addresses or
 # on every address.
 listening() { ss -ltnpH | awk '{print $4, $6}' | grep -E "^(127\.0\.0\.[1-3]|0\.0\.0\.0|\*|\[::\]):($1) " || true; }
@@ -138,7 +143,7 @@ declare -A SUMMARY
 run_case() {
   local name=$1 config=$2 end=$3 t_case victim want args p out job nodes head urlfile state before pids ports i
   t_case=$(date +%s.%N)
-  ports=$(plan_ports "$config") || fail "[$name] switchyard plan $config"
+  ports=$(plan_ports "$config" "$METRICS_PORT") || fail "[$name] switchyard plan $config"
   if [[ -n $(listening "$ports") ]]; then
     listening "$ports" >&2
     cannot "another process on this machine listens on a port the test deployment needs ($ports)"
@@ -226,6 +231,7 @@ run_case() {
     grep -q 'died after 0 restart(s)' "$log" && grep -q '^switchyard: job step ended with exit code [1-9]' "$log" ||
       { show_job_log "$job" "$log"; fail "[$name] the job log does not show the engine death failing the job"; }
   fi
+  ports=$(plan_ports "$config") || fail "[$name] switchyard plan $config"
   if [[ -n $(listening "$ports") ]]; then
     listening "$ports" >&2
     fail "[$name] a deployment port ($ports) is still listening after the job ended"
