@@ -120,16 +120,17 @@ func rawExchange(addr string, req []byte, within time.Duration) (rawReply, error
 	return rawReply{resp.StatusCode, resp.Header, body}, nil
 }
 
-// isRouterError reports whether b is the router's own error body:
-// {"error":{"message":"...","type":"...","code":N}}.
-func isRouterError(b []byte) bool {
+// isRouterError reports whether b is the router's own error body for status:
+// {"error":{"message":"...","type":"...","code":status}}.
+func isRouterError(b []byte, status int) bool {
 	var v struct {
 		Error *struct {
 			Message string `json:"message"`
+			Type    string `json:"type"`
 			Code    int    `json:"code"`
 		} `json:"error"`
 	}
-	return json.Unmarshal(b, &v) == nil && v.Error != nil && v.Error.Message != ""
+	return json.Unmarshal(b, &v) == nil && v.Error != nil && v.Error.Message != "" && v.Error.Type != "" && v.Error.Code == status
 }
 
 // httpReq builds a raw HTTP/1.1 request with a correct Content-Length unless the headers
@@ -229,6 +230,8 @@ func TestBadInput(t *testing.T) {
 		{"GET on /add_worker", false, httpReq("GET", "/add_worker?url="+q("http://"+worker), admin(), ""), []int{405}, byRouter},
 		// Admin routes: query strings, worker URLs, keys.
 		{"/add_worker without the admin key", false, httpReq("POST", "/add_worker?url="+q("http://127.0.0.1:9"), nil, ""), []int{401}, byRouter},
+		{"/add_worker with the wrong admin key", false, httpReq("POST", "/add_worker?url="+q("http://127.0.0.1:9"), []string{"Authorization: Bearer not-" + adminKey}, ""), []int{401}, byRouter},
+		{"/add_worker with a Basic authorization", false, httpReq("POST", "/add_worker?url="+q("http://127.0.0.1:9"), []string{"Authorization: Basic YWRtaW46c2VjcmV0"}, ""), []int{401}, byRouter},
 		{"/add_worker?url=%zz", false, httpReq("POST", "/add_worker?url=%zz", admin(), ""), []int{400}, byRouter},
 		{"/add_worker without url", false, httpReq("POST", "/add_worker", admin(), ""), []int{400}, byRouter},
 		{"/add_worker?url= (empty)", false, httpReq("POST", "/add_worker?url=", admin(), ""), []int{400}, byRouter},
@@ -306,7 +309,7 @@ func TestBadInput(t *testing.T) {
 			}
 			switch {
 			case got.status < 400:
-			case tc.who == byRouter && !isRouterError(got.body):
+			case tc.who == byRouter && (!isRouterError(got.body, got.status) || !strings.HasPrefix(got.header.Get("Content-Type"), "application/json")):
 				t.Errorf("status %d without the router's JSON error body: %.300q (Content-Type %q)", got.status, got.body, got.header.Get("Content-Type"))
 			case !isJSONError(got.body):
 				t.Errorf("status %d without a JSON error body: %.300q", got.status, got.body)
