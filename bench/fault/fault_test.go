@@ -43,7 +43,7 @@ type faultWindow struct {
 // slowdown; then all four at once. Nothing may be lost, streams cut by a fault end
 // in-band, only the faulted workers' sessions move, and each worker comes back.
 func TestFaultInjection(t *testing.T) {
-	t.Parallel() // alongside the slowloris test, which mostly waits
+	t.Parallel() // alongside the P/D fault and slowloris tests
 	syBin, routerBin := binaries(t)
 	c := newClient(t)
 	names := []string{"w0", "w1", "w2", "w3"}
