@@ -27,6 +27,7 @@ export SLURM_CONF=$SLURM_LOCAL_DIR/slurm.conf
 CASES=${SLURM_TEST_CASES:-multi pd}
 # The emulated nodes see only each other's IP through their own namespaces; the engines must
 # bind the node's address because the nodes share one port space.
+# shellcheck disable=SC2016 # expanded on the node, not here
 LOCAL_IP_CMD='getent hosts "$(hostname)" | awk "{print \$1}"'
 
 T0=$(date +%s.%N)
@@ -50,6 +51,7 @@ cannot() {
 SUDO=()
 if ((EUID != 0)); then
   sudo -n true 2>/dev/null || cannot "slurm-local.sh runs munged/slurmd as root: run as root or with passwordless sudo"
+  # shellcheck disable=SC2054 # --preserve-env takes a comma-separated list
   SUDO=(sudo -n --preserve-env=SLURM_LOCAL_DIR,SLURM_LOCAL_NODES,SLURM_CONF)
 fi
 "${SUDO[@]}" unshare -u -m true 2>/dev/null ||
@@ -75,6 +77,8 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
+trap 'exit 130' INT # so that an interrupted run still cancels its jobs and takes SLURM down
+trap 'exit 143' TERM
 
 # ---- SLURM up, binaries built: in parallel (apt install and go build both take a while) ----
 say "bringing SLURM up (installs slurm-wlm + munge if missing) and building binaries"
@@ -122,7 +126,7 @@ plan_ports() {
   local ports config=$1
   shift
   ports=$("$SWITCHYARD" plan "$config" --format json | grep -o '"port": *[0-9]*' | grep -o '[0-9]*$') || return 1
-  printf '%s\n' $ports "$@" | sort -u | paste -sd'|'
+  printf '%s\n' "$ports" "$@" | sort -u | paste -sd'|'
 }
 # The router's Prometheus listener: vllm-router's default 127.0.0.1:29000, which the plan
 # leaves implicit. Other routers on a shared machine use it too, so it is checked free
@@ -141,7 +145,7 @@ declare -A SUMMARY
 # engine on the last node: with no restarts allowed, its launcher fails, which must end
 # the whole job, FAILED, by itself).
 run_case() {
-  local name=$1 config=$2 end=$3 t_case victim want args p out job nodes head urlfile state before pids ports i
+  local name=$1 config=$2 end=$3 t_case victim want args p out job nodes head urlfile state before pids ports
   t_case=$(date +%s.%N)
   ports=$(plan_ports "$config" "$METRICS_PORT") || fail "[$name] switchyard plan $config"
   if [[ -n $(listening "$ports") ]]; then
@@ -165,7 +169,7 @@ run_case() {
   local log=$WORK/switchyard-$job.out
   say "[$name] submitted job $job"
 
-  for i in $(seq 150); do
+  for _ in $(seq 150); do
     state=$(job_state "$job")
     [[ $state == RUNNING ]] && break
     [[ -n $state && $state != PENDING && $state != CONFIGURING ]] && {
@@ -215,7 +219,7 @@ run_case() {
       kill -KILL "$victim"
       ;;
   esac
-  for i in $(seq 100); do
+  for _ in $(seq 100); do
     state=$(job_state "$job")
     pids=$(job_pids "$job" | sort -u | paste -sd' ')
     [[ $state != RUNNING && $state != COMPLETING && -z $pids ]] && break
@@ -228,8 +232,10 @@ run_case() {
   fi
   [[ -z $state || $state == "$want" ]] || { show_job_log "$job" "$log"; fail "[$name] job $job is $state 20 s after $end, want $want"; }
   if [[ $end == crash ]]; then
-    grep -q 'died after 0 restart(s)' "$log" && grep -q '^switchyard: job step ended with exit code [1-9]' "$log" ||
-      { show_job_log "$job" "$log"; fail "[$name] the job log does not show the engine death failing the job"; }
+    if ! grep -q 'died after 0 restart(s)' "$log" || ! grep -q '^switchyard: job step ended with exit code [1-9]' "$log"; then
+      show_job_log "$job" "$log"
+      fail "[$name] the job log does not show the engine death failing the job"
+    fi
   fi
   ports=$(plan_ports "$config") || fail "[$name] switchyard plan $config"
   if [[ -n $(listening "$ports") ]]; then
