@@ -193,10 +193,8 @@ var errHelp = errors.New("help requested")
 // Flags it does not model are skipped (with their value when they seem to have one).
 func parseArgs(args []string) (*mainOptions, error) {
 	o := &mainOptions{cfg: DefaultConfig(), host: "127.0.0.1", port: 8000, logLevel: zapcore.InfoLevel}
-	if len(args) > 0 && args[0] == "serve" {
-		args = args[1:]
-	}
 	var positional []string
+	sawServe := false
 	servedNames := []string(nil)
 	for i := 0; i < len(args); i++ {
 		a := args[i]
@@ -205,6 +203,11 @@ func parseArgs(args []string) (*mainOptions, error) {
 			break
 		}
 		if !strings.HasPrefix(a, "-") || a == "-" || isNumber(a) {
+			// vLLM's subcommand, wherever the simulator's own flags put it.
+			if a == "serve" && !sawServe && len(positional) == 0 {
+				sawServe = true
+				continue
+			}
 			positional = append(positional, a)
 			continue
 		}

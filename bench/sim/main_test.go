@@ -76,6 +76,13 @@ func TestParseSimFlagsAndEnv(t *testing.T) {
 	}
 }
 
+func TestServeMayFollowSimFlags(t *testing.T) {
+	o, err := parseArgs([]string{"--name", "w1", "serve", "org/m", "--port", "9"})
+	if err != nil || o.cfg.Model != "org/m" || o.cfg.Name != "w1" || o.port != 9 {
+		t.Errorf("parseArgs: %v, %+v", err, o)
+	}
+}
+
 func TestMainBadFlagsExit2(t *testing.T) {
 	cases := [][]string{
 		{"--port", "http"},
