@@ -37,9 +37,11 @@
 #       ROUTER_CMD='/path/vllm-router --host 127.0.0.1 --port {PORT} --worker-urls {BACKEND_URLS} --policy {POLICY_NAME}'
 #     It is started once per policy (hash on 18401, rr on 18402), with GOMAXPROCS={WORKERS}.
 #     ROUTER_NAME (default "router") names its column.
+#   ROUTER2_CMD, ROUTER2_NAME   a second router build (target "router2", ports 18403/18404), for
+#                               A/B runs of a patched copy beside the committed one, rounds interleaved
 #
 # Ports: backends 18001-18004; nginx 18101/18102; haproxy 18201/18202; caddy 18301/18302;
-# router 18401/18402; gostd 18501/18502 (hash/rr). Only 127.0.0.1 is used.
+# router 18401/18402 (router2 18403/18404); gostd 18501/18502 (hash/rr). Only 127.0.0.1 is used.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -65,6 +67,8 @@ MAX_OTHER=${PB_MAX_OTHER:-20}
 RETRIES=${PB_RETRIES:-2}
 ROUTER_CMD=${ROUTER_CMD:-}
 ROUTER_NAME=${ROUTER_NAME:-router}
+ROUTER2_CMD=${ROUTER2_CMD:-}
+ROUTER2_NAME=${ROUTER2_NAME:-router2}
 BPORTS=(18001 18002 18003 18004)
 VEGETA_VERSION=v12.13.0
 HZ=$(getconf CLK_TCK)
@@ -220,24 +224,24 @@ start_caddy() {
   wait_port $PORT_RR "${PROXY_PID[caddy]}"
 }
 
-start_router() {
-  local pol port cmd pids=()
+start_router() { # key cmd port_hash port_rr: our router (or a second build of it, key router2)
+  local key=$1 rcmd=$2 ph=$3 pr=$4 pol port cmd pids=()
   for pol in hash rr; do
-    if [[ $pol == hash ]]; then port=18401; else port=18402; fi
+    if [[ $pol == hash ]]; then port=$ph; else port=$pr; fi
     port_free $port || { log "port $port busy"; exit 1; }
-    cmd=${ROUTER_CMD//\{PORT\}/$port}
+    cmd=${rcmd//\{PORT\}/$port}
     cmd=${cmd//\{BACKENDS\}/$(backend_urls)}
     cmd=${cmd//\{BACKEND_ADDRS\}/$(backend_addrs)}
     cmd=${cmd//\{BACKEND_URLS\}/$(backend_urls | tr ',' ' ')}
     if [[ $pol == hash ]]; then cmd=${cmd//\{POLICY_NAME\}/consistent_hash}; else cmd=${cmd//\{POLICY_NAME\}/round_robin}; fi
     cmd=${cmd//\{POLICY\}/$pol}
     cmd=${cmd//\{WORKERS\}/$WORKERS}
-    log "router($pol): $cmd"
-    pids+=("$(start_bg router "$RUN/router-$pol.log" "${SRV_PIN[@]}" env GOMAXPROCS="$WORKERS" bash -c "exec $cmd")")
+    log "$key($pol): $cmd"
+    pids+=("$(start_bg "$key" "$RUN/$key-$pol.log" "${SRV_PIN[@]}" env GOMAXPROCS="$WORKERS" bash -c "exec $cmd")")
   done
-  PROXY_PID[router]="${pids[*]}"
-  wait_port 18401 "${pids[0]}" 20 || { tail "$RUN/router-hash.log" >&2; exit 1; }
-  wait_port 18402 "${pids[1]}" 20 || { tail "$RUN/router-rr.log" >&2; exit 1; }
+  PROXY_PID[$key]="${pids[*]}"
+  wait_port "$ph" "${pids[0]}" 20 || { tail "$RUN/$key-hash.log" >&2; exit 1; }
+  wait_port "$pr" "${pids[1]}" 20 || { tail "$RUN/$key-rr.log" >&2; exit 1; }
 }
 
 start_gostd() { # Go stdlib httputil.ReverseProxy reference (refproxy/), one process per policy
@@ -261,6 +265,7 @@ target_url() { # target policy
     caddy) [[ $2 == hash ]] && echo http://127.0.0.1:18301 || echo http://127.0.0.1:18302 ;;
     gostd) [[ $2 == hash ]] && echo http://127.0.0.1:18501 || echo http://127.0.0.1:18502 ;;
     router) [[ $2 == hash ]] && echo http://127.0.0.1:18401 || echo http://127.0.0.1:18402 ;;
+    router2) [[ $2 == hash ]] && echo http://127.0.0.1:18403 || echo http://127.0.0.1:18404 ;;
   esac
 }
 
@@ -375,6 +380,7 @@ measure_once() { # target policy mode round attempt -> ROW, ROW_OTHER
   local target=$1 pol=$2 mode=$3 round=$4 attempt=$5 url; url=$(target_url "$target" "$pol")
   local label=$target
   [[ $target == router ]] && label=$ROUTER_NAME
+  [[ $target == router2 ]] && label=$ROUTER2_NAME
   wait_quiet
   local bg=$OTHER
   reset_stats
@@ -460,7 +466,8 @@ main() {
       haproxy) start_haproxy; active+=(haproxy) ;;
       caddy) start_caddy; active+=(caddy) ;;
       gostd) start_gostd; active+=(gostd) ;;
-      router) if [[ -n $ROUTER_CMD ]]; then start_router; active+=(router); else log "ROUTER_CMD unset: skipping router"; fi ;;
+      router) if [[ -n $ROUTER_CMD ]]; then start_router router "$ROUTER_CMD" 18401 18402; active+=(router); else log "ROUTER_CMD unset: skipping router"; fi ;;
+      router2) if [[ -n $ROUTER2_CMD ]]; then start_router router2 "$ROUTER2_CMD" 18403 18404; active+=(router2); else log "ROUTER2_CMD unset: skipping router2"; fi ;;
       *) log "unknown target $t" ;;
     esac
   done

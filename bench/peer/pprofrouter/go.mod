@@ -1,0 +1,3 @@
+module switchyard.local/bench/peer/pprofrouter
+
+go 1.26.0
