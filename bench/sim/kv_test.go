@@ -77,6 +77,10 @@ func TestPrefillReturnsNixlParams(t *testing.T) {
 	if st := p.Stats(); st.PrefillLegs != 1 || st.LeasesActive != 1 {
 		t.Errorf("prefill legs %d, active leases %d; want 1 and 1", st.PrefillLegs, st.LeasesActive)
 	}
+	// Leased blocks stay in use until claimed: 3 of 65536.
+	if v, _ := metricValue(metricsText(t, p), "vllm:kv_cache_usage_perc"); v == "0" || v == "" {
+		t.Errorf("vllm:kv_cache_usage_perc = %q while a lease holds blocks", v)
+	}
 }
 
 func TestPrefillThenDecode(t *testing.T) {
@@ -169,8 +173,12 @@ func TestUnclaimedLeaseExpires(t *testing.T) {
 	if st := p.Stats(); st.LeasesActive != 0 {
 		t.Errorf("%d leases still active", st.LeasesActive)
 	}
-	if v, _ := metricValue(metricsText(t, p), "vllm:nixl_num_kv_expired_reqs_total"); v != "1" {
+	text := metricsText(t, p)
+	if v, _ := metricValue(text, "vllm:nixl_num_kv_expired_reqs_total"); v != "1" {
 		t.Errorf("vllm:nixl_num_kv_expired_reqs_total = %q, want 1", v)
+	}
+	if v, _ := metricValue(text, "vllm:kv_cache_usage_perc"); v != "0" {
+		t.Errorf("vllm:kv_cache_usage_perc = %q after expiry, want 0", v)
 	}
 	// A decode leg arriving after expiry recomputes.
 	d := start(t, testConfig())
