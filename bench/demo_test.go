@@ -168,8 +168,8 @@ func TestDemoShowsAffinityWins(t *testing.T) {
 func TestDemoPDArgvAndRun(t *testing.T) {
 	tr := &testRouter{}
 	rows, err := Demo(context.Background(), DemoOptions{
-		Policies: []string{"round_robin"}, PD: "2x3", Sessions: 4, Duration: 300 * time.Millisecond,
-		StartRouter: tr.start, Workload: Workload{Seed: 1},
+		Policies: []string{"round_robin"}, PD: "2x3", Sessions: 4, Duration: 30 * time.Second, // a cap: MaxRequests bounds the run, so a busy machine cannot make it empty
+		StartRouter: tr.start, Workload: Workload{Seed: 1, MaxRequests: 12},
 	})
 	if err != nil {
 		t.Fatal(err)

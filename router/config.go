@@ -267,9 +267,16 @@ func (c *Config) Validate() error {
 				bad("--prefill: %v", err)
 			}
 		}
+		prefill := map[string]bool{}
+		for _, p := range c.Prefill {
+			prefill[normalizeWorkerURL(p.URL)] = true
+		}
 		for _, u := range c.Decode {
 			if err := checkWorkerURL(u); err != nil {
 				bad("--decode: %v", err)
+			}
+			if prefill[normalizeWorkerURL(u)] {
+				bad("--decode %s: the same worker cannot also be a --prefill worker", u)
 			}
 		}
 	} else if len(c.Prefill) > 0 || len(c.Decode) > 0 {

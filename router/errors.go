@@ -1,11 +1,11 @@
 package router
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
-	"strconv"
 
 	"github.com/valyala/fasthttp"
 
@@ -97,7 +97,14 @@ func writeError(ctx *fasthttp.RequestCtx, status int, msg string) {
 		typ = "invalid_request_error"
 	}
 	b := ctx.Response.BodyWriter()
-	fmt.Fprintf(b, `{"error":{"message":%s,"type":%q,"code":%d}}`, strconv.Quote(msg), typ, status)
+	fmt.Fprintf(b, `{"error":{"message":%s,"type":%q,"code":%d}}`, jsonString(msg), typ, status)
+}
+
+// jsonString encodes s as a JSON string: control characters escaped, invalid UTF-8
+// replaced, so an echoed URL or header never breaks the error body.
+func jsonString(s string) []byte {
+	b, _ := json.Marshal(s)
+	return b
 }
 
 // writeErr answers for err with statusFor's status and err's message.

@@ -1,7 +1,9 @@
 package router
 
 import (
+	"bytes"
 	"crypto/subtle"
+	"errors"
 	"sync"
 
 	"github.com/valyala/fasthttp"
@@ -18,7 +20,14 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	ex.route = r
 	rid, buf := requestID(&ctx.Request.Header, s.ridHeaders, r, ex.ridBuf)
 	ex.ridBuf = buf
-	if origin := ctx.Request.Header.Peek("Origin"); len(origin) > 0 && s.cors(ctx, origin) {
+	if msg := malformed(&ctx.Request.Header); msg != "" {
+		status := fasthttp.StatusBadRequest
+		if msg == errVersion {
+			status = fasthttp.StatusHTTPVersionNotSupported
+		}
+		writeError(ctx, status, msg)
+		ctx.SetConnectionClose()
+	} else if origin := ctx.Request.Header.Peek("Origin"); len(origin) > 0 && s.cors(ctx, origin) {
 		// a CORS preflight, answered
 	} else if c, ok := s.controlRoute(ctx); ok {
 		s.serveControl(ctx, c)
@@ -57,6 +66,22 @@ func (s *Server) cors(ctx *fasthttp.RequestCtx, origin []byte) bool {
 	return true
 }
 
+const errVersion = "HTTP version not supported"
+
+// malformed catches what fasthttp tolerates but a proxy must refuse: header lines folded
+// onto the next line (obs-fold, a request-smuggling shape, RFC 9112 §5.2) and HTTP
+// versions other than 1.0 and 1.1.
+func malformed(h *fasthttp.RequestHeader) string {
+	if p := h.Protocol(); string(p) != "HTTP/1.1" && string(p) != "HTTP/1.0" {
+		return errVersion
+	}
+	raw := h.RawHeaders()
+	if bytes.Contains(raw, []byte("\n ")) || bytes.Contains(raw, []byte("\n\t")) {
+		return "obsolete line folding in headers"
+	}
+	return ""
+}
+
 // authorized checks "Authorization: Bearer <key>" in constant time.
 func (s *Server) authorized(ctx *fasthttp.RequestCtx, want []byte) bool {
 	got := ctx.Request.Header.Peek(fasthttp.HeaderAuthorization)
@@ -69,9 +94,12 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	if ce := s.log.Check(zap.DebugLevel, "bad request"); ce != nil {
 		ce.Write(zap.Error(err))
 	}
+	var small *fasthttp.ErrSmallBuffer
 	switch {
 	case err == fasthttp.ErrBodyTooLarge:
 		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, errBodyTooLarge.Error())
+	case errors.As(err, &small):
+		writeError(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, "request headers too large")
 	case isTimeout(err):
 		writeError(ctx, fasthttp.StatusRequestTimeout, "request not received in time")
 	default:

@@ -388,7 +388,7 @@ func writeStreamError(w *bufio.Writer, err error) {
 		msg = "worker stream idle timeout: " + err.Error()
 	}
 	w.WriteString(`data: {"error":{"message":`)
-	w.WriteString(strconv.Quote(msg))
+	w.Write(jsonString(msg))
 	w.WriteString(`,"type":"upstream_error","code":502}}` + "\n\ndata: [DONE]\n\n")
 	w.Flush()
 }

@@ -130,13 +130,16 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 	s.limiter = newLimiter(cfg.MaxConcurrentRequests, cfg.QueueSize, cfg.QueueTimeout)
 	s.pool.Update(s.configuredSpecs())
 	s.srv = &fasthttp.Server{
-		Handler:               s.handle,
-		ErrorHandler:          s.handleParseError,
-		Name:                  "switchyard",
-		MaxRequestBodySize:    cfg.MaxPayloadSize,
-		ReadBufferSize:        16 << 10, // also the cap on request header size
-		WriteBufferSize:       16 << 10,
-		ReadTimeout:           60 * time.Second, // a whole request (headers+body) must arrive within this
+		Handler:            s.handle,
+		ErrorHandler:       s.handleParseError,
+		Name:               "switchyard",
+		MaxRequestBodySize: cfg.MaxPayloadSize,
+		ReadBufferSize:     16 << 10, // also the cap on request header size
+		WriteBufferSize:    16 << 10,
+		ReadTimeout:        headerReadTimeout, // headers must arrive within this (slowloris)
+		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
+			return fasthttp.RequestConfig{ReadTimeout: bodyReadTimeout} // long agentic bodies get longer
+		},
 		IdleTimeout:           120 * time.Second,
 		Concurrency:           256 * 1024,
 		NoDefaultServerHeader: true,
@@ -147,6 +150,13 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 	}
 	return s, nil
 }
+
+// headerReadTimeout bounds the arrival of a request's headers, so clients trickling
+// them (slowloris) are cut; bodyReadTimeout bounds the body, which may be hundreds of MB.
+const (
+	headerReadTimeout = 10 * time.Second
+	bodyReadTimeout   = 5 * time.Minute
+)
 
 func or(a, b string) string {
 	if a != "" {

@@ -26,6 +26,8 @@ func TestMain(m *testing.M) {
 		// fasthttp's process-wide dialer cache (the in-process simulators' KV claims dial
 		// through it) keeps one cleaner goroutine for the life of the process.
 		goleak.IgnoreTopFunction("github.com/valyala/fasthttp.(*TCPDialer).tcpAddrsClean"),
+		// fasthttp's worker-pool cleaner outlives Server.Shutdown by up to 10 s, then ends.
+		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*workerPool).Start.func2"),
 		goleak.Cleanup(func(code int) {
 			os.RemoveAll(dir)
 			os.Exit(code)
