@@ -101,6 +101,12 @@ type Config struct {
 	// KVClaimTimeout bounds the decode leg's side-channel call to the prefill worker.
 	// Default 2s; must be positive.
 	KVClaimTimeout time.Duration
+	// KVLoadFailurePolicy is what a decode leg does when the KV it was sent cannot be
+	// loaded (the prefill worker is unreachable, or refuses the claim): "recompute"
+	// prefills locally; "fail" answers 500 (in-band error event when streaming), as
+	// vLLM's kv_load_failure_policy. Params vLLM deems invalid are always recomputed.
+	// Default "" means "recompute".
+	KVLoadFailurePolicy string
 	// SideChannelListen, when set ("host:port"), makes Serve open a second listener that
 	// serves only the KV side channel (VLLM_NIXL_SIDE_CHANNEL_HOST/PORT). Default "" means
 	// the side channel is served on the main listener.
@@ -204,6 +210,13 @@ func (c *Config) validate() error {
 	}
 	if c.Version == "" {
 		c.Version = "0.26.0"
+	}
+	switch c.KVLoadFailurePolicy {
+	case "":
+		c.KVLoadFailurePolicy = "recompute"
+	case "recompute", "fail":
+	default:
+		return fmt.Errorf("%w: kv_load_failure_policy %q is not recompute or fail", ErrInvalidConfig, c.KVLoadFailurePolicy)
 	}
 	switch c.Role {
 	case RoleBoth, RolePrefill, RoleDecode:

@@ -18,6 +18,10 @@ import (
 // errStreamCut ends a stream closed on purpose by Fault.DieMidStreamAfter.
 var errStreamCut = errors.New("stream cut by fault injection")
 
+// errKVLoadFailed fails a decode leg under KVLoadFailurePolicy "fail"; vLLM reports it as
+// an internal server error.
+var errKVLoadFailed = errors.New("Internal server error")
+
 // leg says which part of a disaggregated request a request is.
 type leg int
 
@@ -252,12 +256,16 @@ func (s *Server) run(g *genRequest, emit func(i int, finish string) error) (*gen
 			s.stats.kvHits.Add(1)
 			s.metrics.kvHits.WithLabelValues(model, engine).Inc()
 		} else {
-			// vLLM's "recompute" load-failure policy: prefill locally.
 			s.stats.kvMisses.Add(1)
 			s.metrics.kvMisses.WithLabelValues(model, engine, reason).Inc()
-			if c := s.log.Check(zapcore.DebugLevel, "kv transfer miss, recomputing"); c != nil {
+			if c := s.log.Check(zapcore.DebugLevel, "kv transfer miss"); c != nil {
 				c.Write(zap.String("request_id", g.requestID), zap.String("reason", reason), zap.Error(err))
 			}
+			if reason != missInvalid && s.cfg.KVLoadFailurePolicy == "fail" {
+				s.stats.aborted.Add(1)
+				return nil, errKVLoadFailed
+			}
+			// "recompute": prefill locally.
 		}
 	}
 	res.cachedTokens = cached
@@ -384,7 +392,11 @@ func (s *Server) serveGeneration(ctx *fasthttp.RequestCtx, g *genRequest, f form
 
 	if !g.stream {
 		res, err := s.run(g, nil)
-		if err != nil {
+		switch {
+		case errors.Is(err, errKVLoadFailed):
+			writeError(ctx, fasthttp.StatusInternalServerError, "InternalServerError", err.Error(), "")
+			return
+		case err != nil:
 			writeError(ctx, fasthttp.StatusServiceUnavailable, "ServiceUnavailableError", err.Error(), "")
 			return
 		}
@@ -434,6 +446,10 @@ func (s *Server) streamRun(e *sseWriter, g *genRequest, f format) bool {
 	case errors.Is(err, errShuttingDown):
 		// vLLM reports errors in-band once a stream has started, then still ends it.
 		_ = e.event("", newErrorBody(fasthttp.StatusServiceUnavailable, "ServiceUnavailableError", err.Error(), ""))
+		_ = e.data("[DONE]")
+		return true
+	case errors.Is(err, errKVLoadFailed):
+		_ = e.event("", newErrorBody(fasthttp.StatusInternalServerError, "InternalServerError", err.Error(), ""))
 		_ = e.data("[DONE]")
 		return true
 	case err != nil:

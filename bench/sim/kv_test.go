@@ -222,3 +222,29 @@ func TestSeparateSideChannelListener(t *testing.T) {
 		t.Errorf("hits %d, want 1 through the side channel listener", st.KVTransferHits)
 	}
 }
+
+// TestKVLoadFailurePolicyFail: with vLLM's "fail" policy a decode leg whose KV cannot be
+// loaded is an error, not a silent recompute, so a router's fallback gets exercised.
+func TestKVLoadFailurePolicyFail(t *testing.T) {
+	p := start(t, testConfig())
+	dcfg := testConfig()
+	dcfg.KVLoadFailurePolicy = "fail"
+	d := start(t, dcfg)
+	kv := prefill(t, p, "completions")
+	kv["remote_request_id"] = "forged"
+	r := post(t, d.url+"/v1/completions", decodeLegBody("completions", kv))
+	if r.status != 500 || get(r.json(t), "error", "type") != "InternalServerError" {
+		t.Errorf("non-streamed: %d %s, want a 500 InternalServerError", r.status, r.body)
+	}
+	body := strings.Replace(decodeLegBody("completions", kv), `"max_tokens":5`, `"max_tokens":5,"stream":true`, 1)
+	resp, events, err := stream(t, d.url+"/v1/completions", body)
+	if err != nil || resp.StatusCode != 200 || len(events) != 2 || events[1].data != "[DONE]" ||
+		get(jsonOf(t, events[0].data), "error", "code") != 500.0 {
+		t.Errorf("streamed: %v %v %v, want 200, an in-band error, [DONE]", err, resp.StatusCode, events)
+	}
+	// Params vLLM deems invalid are ignored, never a failure.
+	delete(kv, "remote_host")
+	if r := post(t, d.url+"/v1/completions", decodeLegBody("completions", kv)); r.status != 200 {
+		t.Errorf("invalid params: %d, want a local prefill", r.status)
+	}
+}

@@ -117,14 +117,22 @@ var cliFlags = []cliFlag{
 	}},
 	{[]string{"data-parallel-external-lb", "dpe"}, "", "one engine per process (with --data-parallel-rank)", boolFlag(func(o *mainOptions) *bool { return &o.cfg.DataParallelExternalLB })},
 	{[]string{"tensor-parallel-size", "tp"}, "N", "reported as tp_size in kv_transfer_params (default 1)", intFlag(1, func(o *mainOptions) *int { return &o.cfg.TensorParallelSize })},
-	{[]string{"kv-transfer-config"}, "JSON", "vLLM KV connector config; kv_connector_extra_config.kv_lease_duration (seconds) sets the lease", func(o *mainOptions, v string) error {
+	{[]string{"kv-transfer-config"}, "JSON", "vLLM KV connector config: kv_load_failure_policy (recompute|fail) and kv_connector_extra_config.kv_lease_duration (seconds) are honoured", func(o *mainOptions, v string) error {
 		var kc struct {
-			Extra struct {
+			FailurePolicy string `json:"kv_load_failure_policy"`
+			Extra         struct {
 				LeaseSeconds *float64 `json:"kv_lease_duration"`
 			} `json:"kv_connector_extra_config"`
 		}
 		if err := json.Unmarshal([]byte(v), &kc); err != nil {
 			return fmt.Errorf("not a JSON object: %w", err)
+		}
+		switch kc.FailurePolicy {
+		case "":
+		case "recompute", "fail":
+			o.cfg.KVLoadFailurePolicy = kc.FailurePolicy
+		default:
+			return fmt.Errorf("kv_load_failure_policy must be recompute or fail, got %q", kc.FailurePolicy)
 		}
 		if s := kc.Extra.LeaseSeconds; s != nil {
 			if *s <= 0 {

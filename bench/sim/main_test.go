@@ -21,7 +21,7 @@ func TestParseVLLMServeArgv(t *testing.T) {
 		--compilation-config {"level":3} --all2all-backend=deepep_low_latency --trust-remote-code
 		--served-model-name qwen-a qwen-b --api-key secret --kv-transfer-config.kv_connector NixlConnector
 		--enable-return-routed-experts --max_num_batched_tokens 8192`)
-	argv = append(argv, "--kv-transfer-config", `{"kv_connector":"NixlConnector","kv_role":"kv_both","kv_connector_extra_config":{"kv_lease_duration":12}}`)
+	argv = append(argv, "--kv-transfer-config", `{"kv_connector":"NixlConnector","kv_role":"kv_both","kv_load_failure_policy":"fail","kv_connector_extra_config":{"kv_lease_duration":12}}`)
 	o, err := parseArgs(argv)
 	if err != nil {
 		t.Fatalf("parseArgs: %v", err)
@@ -44,6 +44,7 @@ func TestParseVLLMServeArgv(t *testing.T) {
 		{"block size", c.BlockSize, 32},
 		{"api key", strings.Join(c.APIKeys, ","), "secret"},
 		{"lease", c.KVLeaseDuration, 12 * time.Second},
+		{"load failure policy", c.KVLoadFailurePolicy, "fail"},
 		{"routed experts", c.ReturnRoutedExperts, true},
 		{"ignored", len(o.ignored), 9},
 	}
@@ -92,6 +93,7 @@ func TestMainBadFlagsExit2(t *testing.T) {
 		{"--role", "router"},
 		{"--ttft", "fast"},
 		{"--kv-transfer-config", "{not json"},
+		{"--kv-transfer-config", `{"kv_load_failure_policy":"retry"}`},
 		{"--fail-rate", "1.5"},
 		{"--port"},
 		{"serve", "model-a", "model-b"},
