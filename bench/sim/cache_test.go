@@ -169,6 +169,10 @@ func TestMetricsNames(t *testing.T) {
 		`vllm:nixl_num_kv_expired_reqs_total{engine="0",model_name="test-model"}`,
 		`vllm:sim_kv_transfer_hits_total{engine="0",model_name="test-model"}`,
 		`vllm:cache_config_info{block_size="16"`,
+		`vllm:num_requests_waiting_by_reason{engine="0",model_name="test-model",reason="capacity"}`,
+		`vllm:num_preemptions_total{engine="0",model_name="test-model"}`,
+		`vllm:inter_token_latency_seconds_count{engine="0",model_name="test-model"}`,
+		`vllm:request_queue_time_seconds_count{engine="0",model_name="test-model"}`,
 	} {
 		if !strings.Contains(text, name) {
 			t.Errorf("metrics lack %s", name)

@@ -141,11 +141,15 @@ func (s *Server) admit(e *engine) (func(), error) {
 	storeMax(&c.peakWaiting, c.waiting.Add(1))
 	e.waiting.Add(1)
 	waitingGauge := s.metrics.waiting.WithLabelValues(s.cfg.Model, e.label)
+	capacityGauge := s.metrics.waitingReason.WithLabelValues(s.cfg.Model, e.label, "capacity")
 	waitingGauge.Inc()
+	capacityGauge.Inc()
+	queued := time.Now()
 	leave := func() {
 		c.waiting.Add(-1)
 		e.waiting.Add(-1)
 		waitingGauge.Dec()
+		capacityGauge.Dec()
 	}
 	for gate := s.pauseGate(); gate != nil; gate = s.pauseGate() {
 		select {
@@ -162,6 +166,7 @@ func (s *Server) admit(e *engine) (func(), error) {
 		return nil, errShuttingDown
 	}
 	leave()
+	s.metrics.queueTime.WithLabelValues(s.cfg.Model, e.label).Observe(time.Since(queued).Seconds())
 	storeMax(&c.peakRunning, c.running.Add(1))
 	e.running.Add(1)
 	runningGauge := s.metrics.running.WithLabelValues(s.cfg.Model, e.label)
@@ -290,11 +295,18 @@ func (s *Server) run(g *genRequest, emit func(i int, finish string) error) (*gen
 
 	itl := scale(s.cfg.InterTokenLatency, slow)
 	genCounter := s.metrics.genTokens.WithLabelValues(model, engine)
+	itlHist := s.metrics.itl.WithLabelValues(model, engine)
 	res.tokens = make([]int, 0, n)
+	last := time.Now()
 	for i := 0; i < n; i++ {
-		if i > 0 && !s.sleep(itl) {
-			s.stats.aborted.Add(1)
-			return res, errShuttingDown
+		if i > 0 {
+			if !s.sleep(itl) {
+				s.stats.aborted.Add(1)
+				return res, errShuttingDown
+			}
+			now := time.Now()
+			itlHist.Observe(now.Sub(last).Seconds())
+			last = now
 		}
 		if i == 0 {
 			s.metrics.ttft.WithLabelValues(model, engine).Observe(time.Since(start).Seconds())

@@ -19,6 +19,10 @@ type metrics struct {
 
 	running        *prometheus.GaugeVec
 	waiting        *prometheus.GaugeVec
+	waitingReason  *prometheus.GaugeVec
+	preemptions    *prometheus.CounterVec
+	itl            *prometheus.HistogramVec
+	queueTime      *prometheus.HistogramVec
 	kvUsage        *prometheus.GaugeVec
 	prefixQueries  *prometheus.CounterVec
 	prefixHits     *prometheus.CounterVec
@@ -55,6 +59,14 @@ func newMetrics(cfg *Config) *metrics {
 	}
 	m.running = gauge("vllm:num_requests_running", "Number of requests in model execution batches.")
 	m.waiting = gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.")
+	m.waitingReason = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "vllm:num_requests_waiting_by_reason",
+		Help: "Number of requests waiting, by reason (the simulator only waits for capacity)."}, append(append([]string{}, engineLabels...), "reason"))
+	m.registry.MustRegister(m.waitingReason)
+	m.preemptions = counter("vllm:num_preemptions_total", "Cumulative number of preemptions from the engine (never, in the simulator).")
+	m.itl = histogram("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
+		[]float64{0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0})
+	m.queueTime = histogram("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.",
+		[]float64{0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0})
 	m.kvUsage = gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.")
 	m.prefixQueries = counter("vllm:prefix_cache_queries_total", "Prefix cache queries, in terms of number of queried tokens.")
 	m.prefixHits = counter("vllm:prefix_cache_hits_total", "Prefix cache hits, in terms of number of cached tokens.")
@@ -83,6 +95,8 @@ func newMetrics(cfg *Config) *metrics {
 func (m *metrics) touch(model, engine string) {
 	m.running.WithLabelValues(model, engine)
 	m.waiting.WithLabelValues(model, engine)
+	m.waitingReason.WithLabelValues(model, engine, "capacity")
+	m.preemptions.WithLabelValues(model, engine)
 	m.kvUsage.WithLabelValues(model, engine)
 	m.prefixQueries.WithLabelValues(model, engine)
 	m.prefixHits.WithLabelValues(model, engine)

@@ -141,3 +141,30 @@ func TestSSEEventsArriveOneByOne(t *testing.T) {
 		}
 	}
 }
+
+// TestClientLeavingAbortsStream: a client that closes a stream frees its running slot,
+// as vLLM aborts the request, so a router's cancellation reaches the worker.
+func TestClientLeavingAbortsStream(t *testing.T) {
+	cfg := testConfig()
+	cfg.MaxNumSeqs, cfg.InterTokenLatency = 1, 5*time.Millisecond
+	ts := start(t, cfg)
+	resp, err := client.Post(ts.url+"/v1/completions", "application/json", strings.NewReader(`{"prompt":"x","max_tokens":30000,"stream":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	buf := make([]byte, 256)
+	if _, err := resp.Body.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	eventually(t, "the stream to be aborted", func() bool {
+		st := ts.Stats()
+		return st.Aborted == 1 && st.Running == 0
+	})
+	if r := post(t, ts.url+"/v1/completions", `{"prompt":"x","max_tokens":1}`); r.status != 200 {
+		t.Errorf("next request: %d", r.status)
+	}
+}
