@@ -26,7 +26,8 @@
 #   PB_BACKEND_IMPL=fasthttp    or nethttp;  PB_CHUNK_DELAY=0 (e.g. 1ms) between SSE chunks
 #   PB_SESSIONS=9973            distinct X-Session-ID values (prime: round robin never lines up with
 #                               the id cycle, so rr rows show split sessions as they should)
-#   PB_QUIET=20                 before each measurement wait (<=60 s) until other CPU use < this % (of 200)
+#   PB_QUIET=20                 before each measurement wait (<= PB_QUIET_WAIT=60 s) until other CPU use < this % (of 200)
+#   PB_SKIP="gostd:sse gostd:c1"  target:mode pairs not measured (e.g. a peer needed for one mode only)
 #   PB_MAX_OTHER=20 PB_RETRIES=2  repeat a measurement (up to 2 more times) when processes that are
 #                               not ours took more than this % CPU during it (shared machines)
 #   ROUTER_CMD                  command that starts our router in the foreground, e.g.
@@ -63,6 +64,8 @@ BIMPL=${PB_BACKEND_IMPL:-fasthttp}
 CHUNK_DELAY=${PB_CHUNK_DELAY:-0}
 SESSIONS=${PB_SESSIONS:-9973}
 QUIET=${PB_QUIET:-20}
+QUIET_WAIT=${PB_QUIET_WAIT:-60}
+SKIP=${PB_SKIP:-}
 MAX_OTHER=${PB_MAX_OTHER:-20}
 RETRIES=${PB_RETRIES:-2}
 ROUTER_CMD=${ROUTER_CMD:-}
@@ -308,9 +311,9 @@ other_busy_pct() { # OTHER = CPU % (of 100*ncpu) used over 1 s by processes othe
   ((OTHER < 0)) && OTHER=0
   return 0
 }
-wait_quiet() { # waits (<= 60 s) until other load < QUIET; leaves OTHER set
+wait_quiet() { # waits (<= QUIET_WAIT s) until other load < QUIET; leaves OTHER set
   local i
-  for ((i = 0; i < 60; i++)); do
+  for ((i = 0; i < QUIET_WAIT; i++)); do
     other_busy_pct
     ((OTHER < QUIET)) && return 0
     ((i == 0)) && log "other processes use ${OTHER}% CPU; waiting for < ${QUIET}%"
@@ -485,6 +488,7 @@ main() {
   for ((round = 1; round <= RUNS; round++)); do
     for mode in $MODES; do
       for t in "${active[@]}"; do
+        [[ " $SKIP " == *" $t:$mode "* ]] && continue
         for pol in $POLICIES; do
           if [[ $t == direct ]]; then
             [[ $pol == "${POLICIES%% *}" ]] && measure direct - "$mode" "$round"   # no policy: once
