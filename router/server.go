@@ -274,6 +274,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	var err error
 	s.shutOnce.Do(func() {
 		err = s.srv.ShutdownWithContext(ctx)
+		if s.ln != nil {
+			// fasthttp only closes listeners Serve has registered; a Shutdown right after
+			// Start can come first, so close ours too or Serve would accept forever.
+			_ = s.ln.Close()
+		}
 		if s.promSrv != nil {
 			_ = s.promSrv.Close()
 		}
