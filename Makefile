@@ -3,24 +3,29 @@ GO      ?= go
 BIN     ?= bin
 PKGS    := ./...
 
-.PHONY: build test test-race test-allocs e2e demo bench lint fuzz-short peerbench clean
+.PHONY: build test test-race test-allocs e2e slurm-e2e demo bench lint fuzz-short peerbench clean
 
 build:
 	$(GO) build -o $(BIN)/switchyard ./cmd/switchyard
 	$(GO) build -o $(BIN)/vllm-router ./cmd/vllm-router
 
-# The whole suite: race-enabled unit and socket tests, the allocation proofs (which the
-# race detector would distort), and the end-to-end tests with the OpenAI Node SDK and SLURM.
-test: lint test-race test-allocs e2e
+# The whole suite: race-enabled unit and socket tests (fault injection and bad input
+# included), the allocation proofs (which the race detector would distort), and the
+# end-to-end tests: the OpenAI Node SDK through the router, and a real SLURM cluster
+# (brought up on this machine, needs root) running rendered jobs.
+test: lint test-race test-allocs e2e slurm-e2e
 
 test-race:
 	$(GO) test -race -count=1 $(PKGS)
 
 test-allocs:
-	$(GO) test -count=1 -tags allocs -run 'Alloc' $(PKGS)
+	$(GO) test -count=1 -run 'Alloc' $(PKGS)
 
 e2e: build
 	bash bench/e2e/run.sh
+
+slurm-e2e: build
+	SWITCHYARD=$(abspath $(BIN))/switchyard bash deploy/slurm/run-test.sh
 
 demo: build
 	$(BIN)/switchyard demo

@@ -519,7 +519,13 @@ func (b *planBuilder) router(r int, host string, rep Replica) Process {
 	c := b.cfg
 	port := c.Deployment.RouterPort
 	argv := []string{"vllm-router", "--host", b.bind(host), "--port", strconv.Itoa(port), "--policy", c.RouterPolicy,
-		"--request-id-headers"}
+		// prime-rl's conventions: metrics on port+21000, workers may take 70 min to load.
+		"--prometheus-port", strconv.Itoa(port + 21000), "--worker-startup-timeout-secs", "4200"}
+	if b.opts.BindHost != "" {
+		// Nodes sharing one machine (or one loopback) must not collide on 127.0.0.1.
+		argv = append(argv, "--prometheus-host", b.bind(host))
+	}
+	argv = append(argv, "--request-id-headers")
 	argv = append(argv, c.SessionHeaders...)
 	if c.Deployment.Type == Disaggregated {
 		argv = append(argv, "--vllm-pd-disaggregation")
