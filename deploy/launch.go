@@ -313,7 +313,9 @@ func (l *launcher) start(w *worker) error {
 	out := &prefixWriter{prefix: "[" + w.proc.Name + "] ", log: l.log}
 	cmd.Stdout, cmd.Stderr = out, out
 	// Own process group: stopping kills the engine's children too (vLLM spawns workers).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig: a launcher killed outright (SIGKILL, OOM) must not leave engines
+	// holding GPUs; the kernel signals them when the launcher goes away.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	// A child that keeps the output pipe open must not block Wait forever.
 	cmd.WaitDelay = l.opts.StopGrace
 	if err := cmd.Start(); err != nil {

@@ -67,7 +67,19 @@ func launch(t *testing.T, bin, cfg string, args ...string) *launched {
 		t.Fatal(err)
 	}
 	l := &launched{cmd: cmd, logs: logs}
-	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); pw.Close() })
+	t.Cleanup(func() {
+		// A failed test still stops the launcher the way a user would, so it stops its
+		// workers; SIGKILL only what is left after that.
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+		}
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		pw.Close()
+	})
 	return l
 }
 
