@@ -3,7 +3,7 @@ GO      ?= go
 BIN     ?= bin
 PKGS    := ./...
 
-.PHONY: build test test-race test-allocs e2e slurm-e2e demo bench lint fuzz-short peerbench clean
+.PHONY: build test test-race test-allocs e2e slurm-e2e demo bench soak lint fuzz-short peerbench clean
 
 build:
 	$(GO) build -o $(BIN)/switchyard ./cmd/switchyard
@@ -32,6 +32,11 @@ demo: build
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./policy/ ./router/ ./pd/
+
+# Ten minutes of constant load through a router process; reports its RSS and goroutines
+# at start and end (not part of make test).
+soak:
+	SOAK_DURATION=$${SOAK_DURATION:-10m} $(GO) test -run '^$$' -bench Soak -benchtime 1x -timeout 30m ./bench/soak
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go') 2>/dev/null); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
