@@ -152,9 +152,9 @@ func newHostClient(base string, cfg *Config) *fasthttp.HostClient {
 		MaxConns:                  4096,
 		MaxConnWaitTimeout:        connect,
 		MaxIdleConnDuration:       90 * time.Second,
-		ReadBufferSize:            16 << 10,
-		WriteBufferSize:           16 << 10,
-		MaxIdemponentCallAttempts: 1, // the router decides what to retry
+		ReadBufferSize:            8 << 10, // also the cap on a worker's response headers
+		WriteBufferSize:           4 << 10, // larger bodies bypass the buffer
+		MaxIdemponentCallAttempts: 1,       // the router decides what to retry
 		NoDefaultUserAgentHeader:  true,
 		DisablePathNormalizing:    true,
 		MaxResponseBodySize:       0,
@@ -168,9 +168,11 @@ type timeoutConn struct {
 	net.Conn
 	headerTimeout time.Duration
 	idleTimeout   time.Duration
-	awaiting      bool      // the next read waits for a response's first byte
-	hard          time.Time // deadline set by fasthttp (total request cap), zero = none
-	current       time.Time // deadline last set on the socket
+	awaiting      bool          // the next read waits for a response's first byte
+	hard          time.Time     // deadline set by fasthttp (total request cap), zero = none
+	current       time.Time     // deadline last set on the socket
+	armedFor      time.Duration // the timeout current was computed from
+	capped        bool          // current came from hard: re-arm on the next Read
 }
 
 func (c *timeoutConn) Write(p []byte) (int, error) {
@@ -183,17 +185,24 @@ func (c *timeoutConn) Read(p []byte) (int, error) {
 	if c.awaiting {
 		d = c.headerTimeout
 	}
-	dl := c.hard
-	if d > 0 {
-		if t := time.Now().Add(d); dl.IsZero() || t.Before(dl) {
-			dl = t
+	// Re-arming the socket deadline costs a runtime timer update per Read. Move it only
+	// when the timeout in force changed, a hard cap applies or applied, or the armed
+	// deadline has drifted by more than an eighth of the timeout: an idle cut then comes
+	// after at least 7/8 of the configured silence.
+	if d != c.armedFor || c.capped || !c.hard.IsZero() || (d > 0 && time.Until(c.current) < d-d/8) {
+		dl := c.hard
+		if d > 0 {
+			if t := time.Now().Add(d); dl.IsZero() || t.Before(dl) {
+				dl = t
+			}
 		}
-	}
-	if !dl.Equal(c.current) {
-		if err := c.Conn.SetReadDeadline(dl); err != nil {
-			return 0, err
+		if !dl.Equal(c.current) {
+			if err := c.Conn.SetReadDeadline(dl); err != nil {
+				return 0, err
+			}
+			c.current = dl
 		}
-		c.current = dl
+		c.armedFor, c.capped = d, !c.hard.IsZero()
 	}
 	n, err := c.Conn.Read(p)
 	if n > 0 {

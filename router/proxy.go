@@ -38,7 +38,6 @@ type exchange struct {
 	avoid   [4]policy.Endpoint
 	ridBuf  []byte
 	textBuf []byte
-	copyBuf []byte
 	pdBuf   []byte // prefill body, then decode body
 	respBuf []byte // prefill response
 }
@@ -334,15 +333,20 @@ func (ex *exchange) CloseWithError(err error) error {
 // sends, so each SSE event leaves when it arrives. It runs on fasthttp's stream goroutine.
 func (ex *exchange) writeStream(w *bufio.Writer) {
 	s, up := ex.s, ex.up
-	if cap(ex.copyBuf) == 0 {
-		ex.copyBuf = make([]byte, 16<<10)
-	}
-	buf := ex.copyBuf[:cap(ex.copyBuf)]
 	stream := up.BodyStream()
 	status := up.StatusCode()
 	var endErr error
 	for {
-		n, err := stream.Read(buf)
+		// Read straight into the writer's free space: no copy buffer per stream.
+		buf := w.AvailableBuffer()
+		if cap(buf) < 512 {
+			if err := w.Flush(); err != nil {
+				endErr, status = errClientGone, 499
+				break
+			}
+			buf = w.AvailableBuffer()
+		}
+		n, err := stream.Read(buf[:cap(buf)])
 		if n > 0 {
 			if !ex.wrote {
 				ex.wrote = true

@@ -135,7 +135,7 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 		Name:               "switchyard",
 		MaxRequestBodySize: cfg.MaxPayloadSize,
 		ReadBufferSize:     16 << 10, // also the cap on request header size
-		WriteBufferSize:    16 << 10,
+		WriteBufferSize:    4 << 10,
 		ReadTimeout:        headerReadTimeout, // headers must arrive within this (slowloris)
 		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
 			return fasthttp.RequestConfig{ReadTimeout: bodyReadTimeout} // long agentic bodies get longer
@@ -146,6 +146,7 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 		NoDefaultDate:         true,
 		NoDefaultContentType:  true,
 		CloseOnShutdown:       true,
+		ReduceMemoryUsage:     true, // a long stream does not pin its connection's read buffer
 		Logger:                zapPrintf{log},
 	}
 	return s, nil
