@@ -322,3 +322,37 @@ func TestPDClientGoneDuringPrefill(t *testing.T) {
 		t.Fatalf("decode started %d times for a departed client", n)
 	}
 }
+
+// consistent_hash pins each session to one prefill worker and one decode worker (separate
+// rings), and the client's session header reaches both legs.
+func TestPDSessionAffinityBothStages(t *testing.T) {
+	p0, p1, d0, d1 := newFakeWorker(t, "p0"), newFakeWorker(t, "p1"), newFakeWorker(t, "d0"), newFakeWorker(t, "d1")
+	p0.setHandler(prefillOK)
+	p1.setHandler(prefillOK)
+	args := []string{"--policy", "consistent_hash", "--vllm-pd-disaggregation", "--prefill", p0.URL, "--prefill", p1.URL, "--decode", d0.URL, "--decode", d1.URL}
+	srv := startRouter(t, args...)
+	waitForHealthy(t, srv, 4)
+	for s := 0; s < 12; s++ {
+		for turn := 0; turn < 3; turn++ {
+			post(t, "http://"+srv.Addr()+"/v1/completions", `{"prompt":"x","max_tokens":2}`, map[string]string{"X-Session-ID": fmt.Sprintf("sess-%d", s)})
+		}
+	}
+	for _, stage := range [][]*fakeWorker{{p0, p1}, {d0, d1}} {
+		owner := map[string]string{}
+		for _, w := range stage {
+			for _, r := range w.received() {
+				sid := r.header.Get("X-Session-Id")
+				if sid == "" {
+					t.Fatalf("%s got a leg without the session header", w.name)
+				}
+				if o, ok := owner[sid]; ok && o != w.name {
+					t.Fatalf("session %s split between %s and %s", sid, o, w.name)
+				}
+				owner[sid] = w.name
+			}
+		}
+		if len(owner) != 12 {
+			t.Fatalf("%d sessions seen, want 12", len(owner))
+		}
+	}
+}
