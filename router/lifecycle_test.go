@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -156,4 +157,56 @@ func freePort(t *testing.T) string {
 	addr := srv.Addr()
 	srv.Shutdown(context.Background())
 	return addr[strings.LastIndexByte(addr, ':')+1:]
+}
+
+// Changing the worker set through /remove_worker and /add_worker drops no request in
+// flight or arriving meanwhile.
+func TestWorkerSetChangesDropNothing(t *testing.T) {
+	w1, _ := startSim(t, fastSim())
+	w2, _ := startSim(t, fastSim())
+	srv := startRouter(t, "--policy", "round_robin", "--worker-urls", w1, w2)
+	waitForHealthy(t, srv, 2)
+	base := "http://" + srv.Addr()
+	var failures atomic.Int64
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for c := 0; c < 4; c++ {
+		wg.Add(1)
+		go func(c int) {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				body := fmt.Sprintf(`{"model":%q,"prompt":"x","max_tokens":4,"stream":%v}`, fastSim().Model, i%2 == 0)
+				req, _ := http.NewRequest("POST", base+"/v1/completions", strings.NewReader(body))
+				req.Header.Set("Content-Type", "application/json")
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					failures.Add(1)
+					continue
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || (i%2 == 0 && !strings.HasSuffix(string(b), "data: [DONE]\n\n")) {
+					failures.Add(1)
+				}
+			}
+		}(c)
+	}
+	for round := 0; round < 3; round++ {
+		if resp, b := post(t, base+"/remove_worker?url="+w2, "", nil); resp.StatusCode != 200 {
+			t.Fatalf("remove: %d %s", resp.StatusCode, b)
+		}
+		if resp, b := post(t, base+"/add_worker?url="+w2, "", nil); resp.StatusCode != 200 {
+			t.Fatalf("add: %d %s", resp.StatusCode, b)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if n := failures.Load(); n != 0 {
+		t.Fatalf("%d requests failed while the worker set changed", n)
+	}
 }
