@@ -33,14 +33,10 @@ const prefillTimeout = 30 * time.Minute
 // decode (the client's body carrying the kv_transfer_params prefill returned), streamed
 // to the client exactly like a regular response. One request id covers both legs.
 func (s *Server) proxyPD(ctx *fasthttp.RequestCtx, ex *exchange, rid []byte, snap *snapshot) {
-	if !s.limiter.acquire() {
-		s.metrics.queueRejected.Inc()
-		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
-		s.fail(ctx, ex, errOverloaded)
+	if !s.admit(ctx, ex) {
 		return
 	}
-	ex.limited, ex.pd, ex.stream = true, true, true
-	ex.start = time.Now()
+	ex.pd, ex.stream = true, true
 	s.fillPolicyRequest(&ex.preq, ctx, ex)
 	kind, _ := pd.KindFromPath(ctx.Path())
 	orig := ctx.Request.Body()
@@ -100,7 +96,7 @@ func (s *Server) proxyPD(ctx *fasthttp.RequestCtx, ex *exchange, rid []byte, sna
 		if ce := s.log.Check(zap.DebugLevel, "prefill failed"); ce != nil {
 			ce.Write(zap.String("worker", pb.id), zap.Error(lerr))
 		}
-		s.avoidBackend(ex, pb)
+		avoid(ex, pb)
 	}
 	if clientGone(ctx) {
 		// The client left during prefill: starting decode would only burn a GPU.
@@ -142,16 +138,9 @@ func (s *Server) proxyPD(ctx *fasthttp.RequestCtx, ex *exchange, rid []byte, sna
 			return
 		}
 		s.metrics.pdErrors.WithLabelValues("decode_" + errorType(err)).Inc()
-		s.avoidBackend(ex, db)
+		avoid(ex, db)
 	}
 	s.fail(ctx, ex, err)
-}
-
-func (s *Server) avoidBackend(ex *exchange, b *Backend) {
-	if len(ex.preq.Avoid) < len(ex.avoid) {
-		ex.avoid[len(ex.preq.Avoid)] = b
-		ex.preq.Avoid = ex.avoid[:len(ex.preq.Avoid)+1]
-	}
 }
 
 // wantsMerge: router replay (routed_experts) or prompt logprobs come from prefill and

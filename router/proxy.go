@@ -87,14 +87,9 @@ func (s *Server) proxy(ctx *fasthttp.RequestCtx, ex *exchange, rid []byte) {
 		}
 		backends, eps, pol = snap.decode, snap.decodeEPs, s.decodePolicy
 	}
-	if !s.limiter.acquire() {
-		s.metrics.queueRejected.Inc()
-		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
-		s.fail(ctx, ex, errOverloaded)
+	if !s.admit(ctx, ex) {
 		return
 	}
-	ex.limited = true
-	ex.start = time.Now()
 	ex.stream = ex.route == routeGenerate || wantsStream(ctx.Request.Body())
 	s.fillPolicyRequest(&ex.preq, ctx, ex)
 	s.prepareUpstream(&ctx.Request, rid)
@@ -113,17 +108,10 @@ func (s *Server) proxy(ctx *fasthttp.RequestCtx, ex *exchange, rid []byte) {
 		if err == nil {
 			return
 		}
-		var se *statusError
-		if !errors.As(err, &se) && !health.Retryable(0, err, false) {
+		if !retryable(err) {
 			break
 		}
-		if errors.As(err, &se) && !health.Retryable(se.status, nil, false) {
-			break
-		}
-		if len(ex.preq.Avoid) < len(ex.avoid) {
-			ex.avoid[len(ex.preq.Avoid)] = b
-			ex.preq.Avoid = ex.avoid[:len(ex.preq.Avoid)+1]
-		}
+		avoid(ex, b)
 		if ce := s.log.Check(zap.DebugLevel, "retrying on another worker"); ce != nil {
 			ce.Write(zap.String("worker", b.id), zap.Error(err), zap.Int("attempt", attempt+1))
 		}
@@ -150,19 +138,52 @@ func (s *Server) pick(pol policy.Policy, ex *exchange, eps []policy.Endpoint, ba
 			return b, nil
 		}
 		// Half-open with its probes taken: treat like unavailable for this request.
-		if len(ex.preq.Avoid) >= len(ex.avoid) {
+		if !avoid(ex, b) {
 			break
 		}
-		ex.avoid[len(ex.preq.Avoid)] = b
-		ex.preq.Avoid = ex.avoid[:len(ex.preq.Avoid)+1]
 	}
 	return nil, errNoWorker
+}
+
+// avoid adds b to the workers this request must not be sent to again; false when the
+// list is full.
+func avoid(ex *exchange, b *Backend) bool {
+	n := len(ex.preq.Avoid)
+	if n >= len(ex.avoid) {
+		return false
+	}
+	ex.avoid[n] = b
+	ex.preq.Avoid = ex.avoid[:n+1]
+	return true
+}
+
+// admit takes a slot under the in-flight cap (waiting in its queue if need be) and starts
+// the request's clock; a rejected request is answered 429 with Retry-After.
+func (s *Server) admit(ctx *fasthttp.RequestCtx, ex *exchange) bool {
+	if !s.limiter.acquire() {
+		s.metrics.queueRejected.Inc()
+		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
+		s.fail(ctx, ex, errOverloaded)
+		return false
+	}
+	ex.limited = true
+	ex.start = time.Now()
+	return true
 }
 
 // statusError is a worker answer the router may retry elsewhere (502/503/504).
 type statusError struct{ status int }
 
 func (e *statusError) Error() string { return "worker answered " + strconv.Itoa(e.status) }
+
+// retryable: the failure proves the worker did not process the request.
+func retryable(err error) bool {
+	var se *statusError
+	if errors.As(err, &se) {
+		return health.Retryable(se.status, nil, false)
+	}
+	return health.Retryable(0, err, false)
+}
 
 // maxErrorBody bounds the 5xx bodies read inline to classify them.
 const maxErrorBody = 64 << 10
