@@ -62,12 +62,37 @@ func (ex *exchange) unref() {
 // Connection and Transfer-Encoding are handled by fasthttp's framing.
 var hopHeaders = []string{"Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Upgrade"}
 
+// rawHasHopHeader scans the client's raw header block once for a hop-by-hop name.
+func rawHasHopHeader(raw []byte) bool {
+	for len(raw) > 0 {
+		line := raw
+		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
+			line, raw = raw[:i], raw[i+1:]
+		} else {
+			raw = nil
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 {
+			continue
+		}
+		name := line[:colon]
+		for _, h := range hopHeaders {
+			if len(name) == len(h) && bytes.EqualFold(name, []byte(h)) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // prepareUpstream turns the client's request into the worker's, in place: hop-by-hop
 // headers go, the request id and the worker API key come in. The body is untouched.
 func (s *Server) prepareUpstream(req *fasthttp.Request, rid []byte) {
 	h := &req.Header
-	for _, k := range hopHeaders {
-		h.Del(k)
+	if rawHasHopHeader(h.RawHeaders()) { // almost never: one scan instead of seven deletes
+		for _, k := range hopHeaders {
+			h.Del(k)
+		}
 	}
 	h.SetBytesV("X-Request-Id", rid)
 	if s.apiKey != nil {
