@@ -297,9 +297,6 @@ func (s *Server) handleRemoveWorker(ctx *fasthttp.RequestCtx) {
 	s.removeWorker(ctx, string(ctx.QueryArgs().Peek("url")))
 }
 
-// workersMu serializes worker-set changes (each one waits for health first).
-var workersMu sync.Mutex
-
 // addWorker waits for the worker's health (up to --worker-startup-timeout-secs), then adds
 // it, expanded into its data-parallel ranks, without disturbing requests in flight.
 func (s *Server) addWorker(ctx *fasthttp.RequestCtx, raw, workerType string) {
@@ -343,11 +340,11 @@ func (s *Server) addWorker(ctx *fasthttp.RequestCtx, raw, workerType string) {
 		writeError(ctx, fasthttp.StatusBadRequest, "worker "+u+" did not become healthy: "+err.Error())
 		return
 	}
-	workersMu.Lock()
+	s.workersMu.Lock()
 	specs := s.currentSpecs()
 	specs = append(specs, expandRanks([]string{u}, s.cfg.IntraNodeDataParallelSize, s.cfg.DPRankOffset, role)...)
 	snap := s.pool.Update(specs)
-	workersMu.Unlock()
+	s.workersMu.Unlock()
 	for _, b := range snap.all() {
 		if b.base == u {
 			s.pool.SetHealthy(b.id, true) // it just passed a check
@@ -364,7 +361,7 @@ func (s *Server) removeWorker(ctx *fasthttp.RequestCtx, raw string) {
 		return
 	}
 	u := normalizeWorkerURL(raw)
-	workersMu.Lock()
+	s.workersMu.Lock()
 	var keep []backendSpec
 	removed := 0
 	for _, sp := range s.currentSpecs() {
@@ -377,7 +374,7 @@ func (s *Server) removeWorker(ctx *fasthttp.RequestCtx, raw string) {
 	if removed > 0 {
 		s.pool.Update(keep)
 	}
-	workersMu.Unlock()
+	s.workersMu.Unlock()
 	if removed == 0 {
 		writeError(ctx, fasthttp.StatusNotFound, "worker "+u+" not found")
 		return

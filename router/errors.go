@@ -15,18 +15,14 @@ import (
 
 // Sentinel errors carry the decisions; statusFor is the only place they become HTTP statuses.
 var (
-	errNoWorker      = policy.ErrNoEndpoint
-	errNotReady      = errors.New("no healthy worker yet")
-	errBodyTooLarge  = errors.New("request body exceeds --max-payload-size")
-	errBadRequest    = errors.New("bad request")
-	errUnauthorized  = errors.New("missing or invalid API key")
-	errOverloaded    = errors.New("too many requests in flight; retry later")
-	errNotFound      = errors.New("not found")
-	errMethod        = errors.New("method not allowed")
-	errUpstream      = errors.New("worker failed")
-	errUpstreamTimer = errors.New("worker timed out")
-	errClientGone    = errors.New("client closed the connection")
-	errNotSupported  = errors.New("not supported")
+	errNoWorker     = policy.ErrNoEndpoint
+	errNotReady     = errors.New("no healthy worker yet")
+	errBodyTooLarge = errors.New("request body exceeds --max-payload-size")
+	errBadRequest   = errors.New("bad request")
+	errUnauthorized = errors.New("missing or invalid API key")
+	errOverloaded   = errors.New("too many requests in flight; retry later")
+	errMethod       = errors.New("method not allowed")
+	errClientGone   = errors.New("client closed the connection")
 )
 
 // statusFor maps an error to the HTTP status the client gets.
@@ -38,8 +34,6 @@ func statusFor(err error) int {
 		return fasthttp.StatusBadRequest
 	case errors.Is(err, errUnauthorized):
 		return fasthttp.StatusUnauthorized
-	case errors.Is(err, errNotFound):
-		return fasthttp.StatusNotFound
 	case errors.Is(err, errMethod):
 		return fasthttp.StatusMethodNotAllowed
 	case errors.Is(err, errBodyTooLarge):
@@ -48,8 +42,6 @@ func statusFor(err error) int {
 		return fasthttp.StatusTooManyRequests
 	case errors.Is(err, errClientGone):
 		return 499
-	case errors.Is(err, errNotSupported):
-		return fasthttp.StatusNotImplemented
 	case errors.Is(err, errNoWorker), errors.Is(err, errNotReady):
 		return fasthttp.StatusServiceUnavailable
 	case isTimeout(err):
@@ -79,7 +71,7 @@ func errorType(err error) string {
 }
 
 func isTimeout(err error) bool {
-	if errors.Is(err, errUpstreamTimer) || errors.Is(err, fasthttp.ErrTimeout) || errors.Is(err, fasthttp.ErrDialTimeout) ||
+	if errors.Is(err, fasthttp.ErrTimeout) || errors.Is(err, fasthttp.ErrDialTimeout) ||
 		errors.Is(err, os.ErrDeadlineExceeded) {
 		return true
 	}

@@ -1,9 +1,6 @@
 package router
 
 import (
-	"strconv"
-	"sync"
-
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -95,8 +92,6 @@ type Metrics struct {
 	route      [numRoutes]routeMetrics
 	pool       func() *snapshot
 	policyName string
-
-	mu sync.Mutex
 }
 
 type routeMetrics struct {
@@ -202,5 +197,3 @@ func (c *workerCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(active))
 }
-
-func itoa(n int) string { return strconv.Itoa(n) }

@@ -28,6 +28,27 @@ const prefillAttempts = 2
 // even a very long prompt takes minutes, not hours.
 const prefillTimeout = 30 * time.Minute
 
+// mergedDecodeTimeout bounds a decode read whole (router replay) when no
+// --request-timeout-secs is set: prime-rl's own cap for a rollout request.
+const mergedDecodeTimeout = 4 * time.Hour
+
+// legDeadline is --request-timeout-secs from the request's start when set, else now+fallback.
+func (s *Server) legDeadline(ex *exchange, fallback time.Duration) time.Time {
+	if s.cfg.RequestTimeout > 0 {
+		return ex.start.Add(s.cfg.RequestTimeout)
+	}
+	return time.Now().Add(fallback)
+}
+
+// prepareLeg builds one P/D leg from the client's request: its headers minus hop-by-hop
+// ones, the shared request id, the worker API key, and body.
+func (s *Server) prepareLeg(leg *fasthttp.Request, ctx *fasthttp.RequestCtx, rid, body []byte) {
+	pd.PrepareLeg(leg, &ctx.Request, rid, body)
+	if s.apiKey != nil {
+		leg.Header.SetBytesV(fasthttp.HeaderAuthorization, s.apiKey)
+	}
+}
+
 // proxyPD runs one request as vLLM's NIXL disaggregation expects: prefill (the client's
 // body with one token, no stream and kv_transfer_params asking for a remote decode), then
 // decode (the client's body carrying the kv_transfer_params prefill returned), streamed
@@ -48,14 +69,8 @@ func (s *Server) proxyPD(ctx *fasthttp.RequestCtx, ex *exchange, rid []byte, sna
 	}
 	leg := fasthttp.AcquireRequest()
 	defer fasthttp.ReleaseRequest(leg)
-	pd.PrepareLeg(leg, &ctx.Request, rid, ex.pdBuf)
-	if s.apiKey != nil {
-		leg.Header.SetBytesV(fasthttp.HeaderAuthorization, s.apiKey)
-	}
-	deadline := time.Now().Add(prefillTimeout)
-	if s.cfg.RequestTimeout > 0 {
-		deadline = ex.start.Add(s.cfg.RequestTimeout)
-	}
+	s.prepareLeg(leg, ctx, rid, ex.pdBuf)
+	deadline := s.legDeadline(ex, prefillTimeout)
 
 	var kv []byte
 	for attempt := 0; attempt < prefillAttempts; attempt++ {
@@ -118,10 +133,7 @@ func (s *Server) proxyPD(ctx *fasthttp.RequestCtx, ex *exchange, rid []byte, sna
 		decodeBody = ex.pdBuf
 	}
 	prefillResp := ex.respBuf
-	pd.PrepareLeg(leg, &ctx.Request, rid, decodeBody)
-	if s.apiKey != nil {
-		leg.Header.SetBytesV(fasthttp.HeaderAuthorization, s.apiKey)
-	}
+	s.prepareLeg(leg, ctx, rid, decodeBody)
 	ex.preq.Avoid = nil
 	if merge, logprobs := wantsMerge(orig, prefillResp); kind == pd.KindGenerate && kv != nil && merge {
 		s.decodeMerged(ctx, ex, snap, leg, prefillResp, logprobs)
@@ -165,11 +177,7 @@ func (s *Server) decodeMerged(ctx *fasthttp.RequestCtx, ex *exchange, snap *snap
 	defer fasthttp.ReleaseResponse(resp)
 	db.begin()
 	ex.dispatched = time.Now()
-	deadline := time.Now().Add(prefillTimeout * 8)
-	if s.cfg.RequestTimeout > 0 {
-		deadline = ex.start.Add(s.cfg.RequestTimeout)
-	}
-	err = db.DoDeadline(leg, resp, deadline)
+	err = db.DoDeadline(leg, resp, s.legDeadline(ex, mergedDecodeTimeout))
 	db.end()
 	status := resp.StatusCode()
 	db.breaker.Record(outcomeOf(status, err))

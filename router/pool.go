@@ -1,6 +1,7 @@
 package router
 
 import (
+	"strconv"
 	"sync"
 	"sync/atomic"
 
@@ -117,7 +118,7 @@ func (p *Pool) newBackend(s backendSpec) *Backend {
 		breaker:     p.newBreaker(s.id),
 	}
 	if s.rank >= 0 {
-		b.rankHeader = []byte(itoa(s.rank))
+		b.rankHeader = []byte(strconv.Itoa(s.rank))
 	}
 	b.m = p.metrics.forWorker(b)
 	return b

@@ -187,8 +187,8 @@ func avoid(ex *exchange, b *Backend) bool {
 func (s *Server) admit(ctx *fasthttp.RequestCtx, ex *exchange) bool {
 	if !s.limiter.acquire() {
 		s.metrics.queueRejected.Inc()
-		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
 		s.fail(ctx, ex, errOverloaded)
+		ctx.Response.Header.Set(fasthttp.HeaderRetryAfter, "1")
 		return false
 	}
 	ex.limited = true
@@ -507,12 +507,7 @@ func (s *Server) fail(ctx *fasthttp.RequestCtx, ex *exchange, err error) {
 	case errors.Is(err, errNoWorker):
 		msg = "no available workers (all unhealthy, open-circuited or full)"
 	}
-	retryAfter := ctx.Response.Header.Peek(fasthttp.HeaderRetryAfter)
-	ra := append([]byte(nil), retryAfter...)
 	writeError(ctx, status, msg)
-	if len(ra) > 0 {
-		ctx.Response.Header.SetBytesV(fasthttp.HeaderRetryAfter, ra)
-	}
 	ex.b = nil
 	s.complete(ex, status)
 }

@@ -37,6 +37,9 @@ type Server struct {
 	ridHeaders                          [][]byte
 	apiKey, adminKey                    []byte
 
+	// workersMu serializes worker-set changes from the admin routes.
+	workersMu sync.Mutex
+
 	srv      *fasthttp.Server
 	ln       net.Listener
 	promSrv  *http.Server
