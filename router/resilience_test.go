@@ -153,3 +153,32 @@ func TestNoRequestContentInInfoLogs(t *testing.T) {
 		}
 	}
 }
+
+// Flags vllm-router has and Switchyard does not implement are accepted, and each gets
+// exactly one warning at start.
+func TestUnsupportedFlagsWarnOnce(t *testing.T) {
+	core, logs := observer.New(zap.WarnLevel)
+	srv, err := StartArgs([]string{"--host", "127.0.0.1", "--port", "0", "--prometheus-port", "-1",
+		"--worker-urls", "http://127.0.0.1:1", "--mini-lb", "--service-discovery", "--selector", "app=vllm", "--mini-lb"}, zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown(t.Context())
+	got := map[string]int{}
+	for _, e := range logs.All() {
+		for _, f := range e.Context {
+			if f.Key == "flag" {
+				got[f.String]++
+			}
+		}
+	}
+	want := map[string]int{"--mini-lb": 1, "--service-discovery": 1, "--selector": 1}
+	if len(got) != len(want) {
+		t.Fatalf("warnings %v, want one each for %v", got, want)
+	}
+	for k, n := range want {
+		if got[k] != n {
+			t.Fatalf("warnings %v, want one each for %v", got, want)
+		}
+	}
+}
