@@ -356,3 +356,37 @@ func TestPDSessionAffinityBothStages(t *testing.T) {
 		}
 	}
 }
+
+// A prefill worker that times out or refuses connections is replaced by another prefill
+// worker; decode still gets real kv_transfer_params.
+func TestPDPrefillTimeoutAndConnectionError(t *testing.T) {
+	for _, tc := range []string{"timeout", "connection refused"} {
+		t.Run(tc, func(t *testing.T) {
+			bad, good, d := newFakeWorker(t, "bad"), newFakeWorker(t, "good"), newFakeWorker(t, "d0")
+			good.setHandler(prefillOK)
+			bad.setHandler(func(w http.ResponseWriter, r *http.Request, body []byte) {
+				select {
+				case <-time.After(3 * time.Second):
+				case <-r.Context().Done():
+				}
+			})
+			srv := pdRouter(t, []*fakeWorker{bad, good}, []*fakeWorker{d}, "--response-header-timeout-secs", "0.3")
+			if tc == "connection refused" {
+				bad.Close() // still healthy in the router's eyes until its next check
+			}
+			for i := 0; i < 2; i++ { // round robin: one of the two starts on the bad worker
+				if resp, b := post(t, "http://"+srv.Addr()+"/v1/completions", `{"prompt":"x","max_tokens":3}`, nil); resp.StatusCode != 200 {
+					t.Fatalf("status %d %s", resp.StatusCode, b)
+				}
+			}
+			for _, r := range d.received() {
+				if !strings.Contains(string(r.body), `"remote_engine_id":"eng-1"`) {
+					t.Fatalf("decode fell back although another prefill worker was up: %s", r.body)
+				}
+			}
+			if len(good.received()) != 2 {
+				t.Fatalf("good prefill worker served %d legs, want 2", len(good.received()))
+			}
+		})
+	}
+}
