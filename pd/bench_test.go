@@ -37,39 +37,31 @@ var benchSizes = []struct {
 
 var benchKV = []byte(`{"do_remote_prefill":true,"do_remote_decode":false,"remote_block_ids":[1,2,3,4,5,6,7,8],"remote_engine_id":"2f5c1a9e-engine","remote_request_id":"chatcmpl-abc-0","remote_host":"10.0.0.12","remote_port":5600,"tp_size":1}`)
 
-func BenchmarkPrefillBody(b *testing.B) {
-	for _, s := range benchSizes {
-		body := chatBody(s.size)
-		b.Run(s.name, func(b *testing.B) {
-			dst := make([]byte, 0, len(body)+512)
-			b.SetBytes(int64(len(body)))
-			b.ReportAllocs()
-			b.ResetTimer()
-			for b.Loop() {
-				var err error
-				if dst, err = PrefillBody(dst[:0], KindChat, body); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
+// BenchmarkRewrite is each leg's body rewrite at production sizes, into a reused dst.
+func BenchmarkRewrite(b *testing.B) {
+	rewrites := []struct {
+		name string
+		fn   func(dst, body []byte) ([]byte, error)
+	}{
+		{"PrefillBody", func(dst, body []byte) ([]byte, error) { return PrefillBody(dst, KindChat, body) }},
+		{"DecodeBody", func(dst, body []byte) ([]byte, error) { return DecodeBody(dst, body, benchKV) }},
 	}
-}
-
-func BenchmarkDecodeBody(b *testing.B) {
-	for _, s := range benchSizes {
-		body := chatBody(s.size)
-		b.Run(s.name, func(b *testing.B) {
-			dst := make([]byte, 0, len(body)+512)
-			b.SetBytes(int64(len(body)))
-			b.ReportAllocs()
-			b.ResetTimer()
-			for b.Loop() {
-				var err error
-				if dst, err = DecodeBody(dst[:0], body, benchKV); err != nil {
-					b.Fatal(err)
+	for _, rw := range rewrites {
+		for _, s := range benchSizes {
+			body := chatBody(s.size)
+			b.Run(rw.name+"/"+s.name, func(b *testing.B) {
+				dst := make([]byte, 0, len(body)+512)
+				b.SetBytes(int64(len(body)))
+				b.ReportAllocs()
+				b.ResetTimer()
+				for b.Loop() {
+					var err error
+					if dst, err = rw.fn(dst[:0], body); err != nil {
+						b.Fatal(err)
+					}
 				}
-			}
-		})
+			})
+		}
 	}
 }
 
