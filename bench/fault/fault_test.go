@@ -194,18 +194,7 @@ func TestFaultInjection(t *testing.T) {
 	if int64(len(rs)) != l.sent.Load() {
 		t.Errorf("recorded %d results for %d requests sent", len(rs), l.sent.Load())
 	}
-	tl := count(append(rs, streamed...))
-	t.Logf("fault-injection figures: %s", tl)
-	if tl.lost != 0 {
-		n := 0
-		for _, r := range rs {
-			if r.outcome == lost && n < 20 {
-				n++
-				t.Errorf("lost: session %s stream=%v worker=%q status=%d: %s", ids[r.session], r.stream, r.worker, r.status, r.detail)
-			}
-		}
-		t.Errorf("%d requests lost, want 0", tl.lost)
-	}
+	reportLoss(t, "fault-injection figures", rs, streamed, ids)
 	checkStickiness(t, rs, ids, owner, windows)
 	select {
 	case <-rt.done:
@@ -374,4 +363,23 @@ func checkStickiness(t *testing.T, rs []result, ids []string, owner map[int]stri
 	if bad > 0 {
 		t.Errorf("%d answers from the wrong worker", bad)
 	}
+}
+
+// reportLoss logs the run's figures and fails the test for every request lost (up to 20
+// listed), so both fault suites judge loss the same way.
+func reportLoss(t *testing.T, what string, rs, streamed []result, ids []string) {
+	t.Helper()
+	tl := count(append(rs, streamed...))
+	t.Logf("%s: %s", what, tl)
+	if tl.lost == 0 {
+		return
+	}
+	n := 0
+	for _, r := range rs {
+		if r.outcome == lost && n < 20 {
+			n++
+			t.Errorf("lost: session %s stream=%v worker=%q status=%d: %s", ids[r.session], r.stream, r.worker, r.status, r.detail)
+		}
+	}
+	t.Errorf("%d requests lost, want 0", tl.lost)
 }

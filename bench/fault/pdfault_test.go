@@ -98,16 +98,5 @@ func TestPDFaults(t *testing.T) {
 	l.halt()
 	halted = true
 	rs := l.snapshot()
-	tl := count(append(rs, streamed...))
-	t.Logf("P/D fault figures: %s", tl)
-	if tl.lost != 0 {
-		n := 0
-		for _, r := range rs {
-			if r.outcome == lost && n < 20 {
-				n++
-				t.Errorf("lost: session %s stream=%v worker=%q status=%d: %s", ids[r.session], r.stream, r.worker, r.status, r.detail)
-			}
-		}
-		t.Errorf("%d requests lost, want 0", tl.lost)
-	}
+	reportLoss(t, "P/D fault figures", rs, streamed, ids)
 }
