@@ -116,7 +116,7 @@ func (s *Server) ready(snap *snapshot) (healthy, total int, ok bool) {
 		}
 	}
 	if s.cfg.PDDisaggregation {
-		ok = snap.healthyCount(snap.prefill) > 0 && snap.healthyCount(snap.decode) > 0
+		ok = countHealthy(snap.prefill) > 0 && countHealthy(snap.decode) > 0
 	} else {
 		ok = healthy > 0
 	}

@@ -124,8 +124,8 @@ func (p *Pool) newBackend(s backendSpec) *Backend {
 	return b
 }
 
-// healthyCount counts healthy workers of each role.
-func (s *snapshot) healthyCount(bs []*Backend) int {
+// countHealthy counts the healthy workers in bs.
+func countHealthy(bs []*Backend) int {
 	n := 0
 	for _, b := range bs {
 		if b.Healthy() {

@@ -30,7 +30,7 @@ type exchange struct {
 	dispatched time.Time          // sent to the chosen worker
 	limited    bool               // holds a limiter slot
 	sse        bool               // the body is an event stream
-	wrote      bool               // a body byte reached the client
+	wrote      bool               // an SSE chunk reached the client (first-byte metric)
 	pd         bool               // a P/D request (decode leg being forwarded)
 	stream     bool               // the response is streamed, not buffered
 
@@ -152,7 +152,7 @@ func (s *Server) pick(pol policy.Policy, ex *exchange, eps []policy.Endpoint, ba
 	for tries := 0; tries <= len(backends); tries++ {
 		i, err := pol.Pick(&ex.preq, eps)
 		if err != nil {
-			if snap.healthyCount(backends) == 0 {
+			if countHealthy(backends) == 0 {
 				return nil, errNotReady
 			}
 			return nil, err
@@ -353,13 +353,7 @@ func isEventStream(ct []byte) bool {
 }
 
 // Read streams a fixed-length worker body to the client (fasthttp's server pulls it).
-func (ex *exchange) Read(p []byte) (int, error) {
-	n, err := ex.up.BodyStream().Read(p)
-	if n > 0 {
-		ex.wrote = true
-	}
-	return n, err
-}
+func (ex *exchange) Read(p []byte) (int, error) { return ex.up.BodyStream().Read(p) }
 
 // CloseWithError ends a fixed-length body: err is the client write error, if any.
 func (ex *exchange) CloseWithError(err error) error {
