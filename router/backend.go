@@ -43,6 +43,7 @@ type Backend struct {
 	role       Role
 
 	client      *fasthttp.HostClient // shared by the ranks of one base URL
+	streams     *streamConns         // connections for streamed answers, shared likewise
 	maxInflight int64                // 0 = unbounded
 
 	inFlight  atomic.Int64

@@ -37,6 +37,10 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 		s.proxy(ctx, ex, rid)
 	}
 	ctx.Response.Header.SetBytesV("x-request-id", rid)
+	if ex.relayed != nil {
+		ex.relayed.setHead(&ctx.Response.Header)
+		ex.relayed = nil
+	}
 	ex.handlerDone()
 }
 

@@ -35,6 +35,7 @@ type Pool struct {
 
 	mu      sync.Mutex // serializes Update
 	clients map[string]*fasthttp.HostClient
+	streams map[string]*streamConns
 	snap    atomic.Pointer[snapshot]
 
 	// onMembers is told the new member lists after every Update, off the hot path.
@@ -42,7 +43,8 @@ type Pool struct {
 }
 
 func newPool(cfg *Config, m *Metrics, newBreaker func(id string) *health.Breaker) *Pool {
-	p := &Pool{cfg: cfg, metrics: m, newBreaker: newBreaker, clients: map[string]*fasthttp.HostClient{}}
+	p := &Pool{cfg: cfg, metrics: m, newBreaker: newBreaker, clients: map[string]*fasthttp.HostClient{},
+		streams: map[string]*streamConns{}}
 	p.snap.Store(&snapshot{byID: map[string]*Backend{}})
 	return p
 }
@@ -91,6 +93,8 @@ func (p *Pool) Update(specs []backendSpec) *snapshot {
 		if !bases[base] {
 			c.CloseIdleConnections()
 			delete(p.clients, base)
+			p.streams[base].closeIdle()
+			delete(p.streams, base)
 		}
 	}
 	for id, b := range old.byID {
@@ -110,10 +114,12 @@ func (p *Pool) newBackend(s backendSpec) *Backend {
 	if c == nil {
 		c = newHostClient(s.base, p.cfg)
 		p.clients[s.base] = c
+		p.streams[s.base] = newStreamConns(c.Addr, p.cfg.ConnectTimeout)
 	}
 	b := &Backend{
 		id: s.id, base: s.base, rank: s.rank, role: s.role,
 		client:      c,
+		streams:     p.streams[s.base],
 		maxInflight: int64(p.cfg.MaxInflightPerWorker),
 		breaker:     p.newBreaker(s.id),
 	}

@@ -40,7 +40,12 @@ type exchange struct {
 	textBuf []byte
 	pdBuf   []byte // prefill body, then decode body
 	respBuf []byte // prefill response
+
+	relayed headSetter // a stream handed to the relay: it takes the finished head
 }
+
+// headSetter takes the client's response head when the handler is done with it.
+type headSetter interface{ setHead(h *fasthttp.ResponseHeader) }
 
 func (ex *exchange) handlerDone() { ex.unref() }
 
@@ -48,7 +53,7 @@ func (ex *exchange) unref() {
 	if ex.refs.Add(-1) != 0 {
 		return
 	}
-	ex.s, ex.b, ex.up = nil, nil, nil
+	ex.s, ex.b, ex.up, ex.relayed = nil, nil, nil, nil
 	ex.limited, ex.sse, ex.wrote, ex.pd, ex.stream = false, false, false, false, false
 	ex.preq = policy.Request{}
 	ex.avoid = [4]policy.Endpoint{}
@@ -225,6 +230,9 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, ex *exchange, b *Backend, req
 	}
 	if len(req.Header.Host()) == 0 {
 		req.SetHost(b.client.Addr) // HTTP/1.0 clients may send none; fasthttp needs one
+	}
+	if ex.stream && s.relayable(ctx) {
+		return s.forwardRelay(ctx, ex, b, req, last)
 	}
 	up := &ctx.Response
 	if ex.stream {

@@ -41,6 +41,7 @@ type Server struct {
 	workersMu sync.Mutex
 
 	srv      *fasthttp.Server
+	relay    *relay // streams once their headers are out; nil where unsupported
 	ln       net.Listener
 	promSrv  *http.Server
 	promLn   net.Listener
@@ -152,6 +153,9 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 		ReduceMemoryUsage:     true, // a long stream does not pin its connection's read buffer
 		Logger:                zapPrintf{log},
 	}
+	if s.relay = newRelay(s); s.relay != nil {
+		s.srv.KeepHijackedConns = true // the relay hands client connections back itself
+	}
 	return s, nil
 }
 
@@ -239,6 +243,9 @@ func (s *Server) Start() error {
 	s.cancel = cancel
 	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.checker.Run(ctx) }()
+	if s.relay != nil {
+		s.relay.start()
+	}
 	go func() {
 		defer s.wg.Done()
 		if err := s.srv.Serve(ln); err != nil {
@@ -277,6 +284,9 @@ func (s *Server) Registry() *prometheus.Registry { return s.reg }
 func (s *Server) Shutdown(ctx context.Context) error {
 	var err error
 	s.shutOnce.Do(func() {
+		if s.relay != nil {
+			s.relay.beginDrain() // finished streams close their client connections
+		}
 		err = s.srv.ShutdownWithContext(ctx)
 		if s.ln != nil {
 			// fasthttp only closes listeners Serve has registered; a Shutdown right after
@@ -289,9 +299,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if s.cancel != nil {
 			s.cancel()
 		}
+		if s.relay != nil {
+			s.relay.drain(ctx.Done())
+		}
 		s.wg.Wait()
 		for _, c := range s.pool.clients {
 			c.CloseIdleConnections()
+		}
+		for _, c := range s.pool.streams {
+			c.closeIdle()
 		}
 	})
 	if errors.Is(err, context.DeadlineExceeded) {
