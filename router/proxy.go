@@ -34,6 +34,7 @@ type exchange struct {
 	pd         bool               // a P/D request (decode leg being forwarded)
 	stream     bool               // the response is streamed, not buffered
 
+	upload  upload // a request body streamed to the worker
 	preq    policy.Request
 	avoid   [4]policy.Endpoint
 	ridBuf  []byte
@@ -52,8 +53,9 @@ func (ex *exchange) unref() {
 	ex.limited, ex.sse, ex.wrote, ex.pd, ex.stream = false, false, false, false, false
 	ex.preq = policy.Request{}
 	ex.avoid = [4]policy.Endpoint{}
-	if cap(ex.textBuf) > 1<<20 || cap(ex.pdBuf) > 1<<20 || cap(ex.respBuf) > 1<<20 {
-		ex.textBuf, ex.pdBuf, ex.respBuf = nil, nil, nil // do not pin one huge prompt's buffers
+	ex.upload.reset()
+	if cap(ex.textBuf) > 1<<20 || cap(ex.pdBuf) > 1<<20 || cap(ex.respBuf) > 1<<20 || cap(ex.upload.head) > 1<<20 {
+		ex.textBuf, ex.pdBuf, ex.respBuf, ex.upload.head = nil, nil, nil, nil // do not pin one huge prompt's buffers
 	}
 	exchangePool.Put(ex)
 }
@@ -112,14 +114,19 @@ func (s *Server) proxy(ctx *fasthttp.RequestCtx, ex *exchange, rid []byte) {
 		}
 		backends, eps, pol = snap.decode, snap.decodeEPs, s.decodePolicy
 	}
+	// The body (or its head) is in before the request takes a slot, as when fasthttp read it.
+	body, err := s.takeBody(ctx, ex, false)
+	if err != nil {
+		s.failBody(ctx, ex, err)
+		return
+	}
 	if !s.admit(ctx, ex) {
 		return
 	}
-	ex.stream = ex.route == routeGenerate || wantsStream(ctx.Request.Body())
-	s.fillPolicyRequest(&ex.preq, ctx, ex)
+	ex.stream = ex.route == routeGenerate || wantsStream(body)
+	s.fillPolicyRequest(&ex.preq, ctx, ex, body)
 	s.prepareUpstream(&ctx.Request, rid)
 	attempts := s.retry.Attempts()
-	var err error
 	for attempt := 0; attempt < attempts; attempt++ {
 		if attempt > 0 {
 			s.metrics.retries.WithLabelValues(ex.route.String()).Inc()
@@ -133,8 +140,8 @@ func (s *Server) proxy(ctx *fasthttp.RequestCtx, ex *exchange, rid []byte) {
 		if err == nil {
 			return
 		}
-		if !retryable(err) {
-			break
+		if !retryable(err) || ex.upload.sent() {
+			break // a streamed body that left cannot be sent again
 		}
 		avoid(ex, b)
 		if ce := s.log.Check(zap.DebugLevel, "retrying on another worker"); ce != nil {
@@ -143,6 +150,10 @@ func (s *Server) proxy(ctx *fasthttp.RequestCtx, ex *exchange, rid []byte) {
 	}
 	if attempts > 1 && err != nil && !errors.Is(err, errNoWorker) && !errors.Is(err, errNotReady) {
 		s.metrics.retriesOut.WithLabelValues(ex.route.String()).Inc()
+	}
+	if ex.upload.err != nil {
+		s.failBody(ctx, ex, err)
+		return
 	}
 	s.fail(ctx, ex, err)
 }
@@ -218,7 +229,8 @@ const maxErrorBody = 64 << 10
 // hundreds of MB) are streamed: SSE and unknown lengths chunk by chunk through
 // writeStream, fixed lengths pulled by fasthttp through the exchange. Everything else is
 // read straight into the client's response, with no copy and no allocation. A retryable
-// 5xx is returned as *statusError unless last is set; then the client gets it as it is.
+// 5xx is returned as *statusError unless last is set or the request body already
+// streamed to this worker; then the client gets it as it is.
 func (s *Server) forward(ctx *fasthttp.RequestCtx, ex *exchange, b *Backend, req *fasthttp.Request, last bool) error {
 	if b.rankHeader != nil {
 		req.Header.SetBytesV("X-data-parallel-rank", b.rankHeader)
@@ -249,8 +261,12 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, ex *exchange, b *Backend, req
 	if err != nil {
 		b.end()
 		s.releaseUpstream(ctx, up)
-		b.breaker.Record(health.Classify(0, nil, err))
 		b.m.requests[ex.route][0].Inc()
+		if ex.upload.err != nil {
+			b.breaker.Record(health.Neutral) // the client's body failed, not the worker
+			return ex.upload.err
+		}
+		b.breaker.Record(health.Classify(0, nil, err))
 		return err
 	}
 	if ex.pd {
@@ -267,7 +283,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, ex *exchange, b *Backend, req
 			b.breaker.Record(health.Classify(status, body, nil))
 			b.end()
 			b.m.requests[ex.route][5].Inc()
-			if !last && health.Retryable(status, nil, false) {
+			if !last && !ex.upload.sent() && health.Retryable(status, nil, false) {
 				s.releaseUpstream(ctx, up)
 				return &statusError{status: status}
 			}

@@ -133,10 +133,13 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 	s.limiter = newLimiter(cfg.MaxConcurrentRequests, cfg.QueueSize, cfg.QueueTimeout)
 	s.pool.Update(s.configuredSpecs())
 	s.srv = &fasthttp.Server{
-		Handler:            s.handle,
-		ErrorHandler:       s.handleParseError,
-		Name:               "switchyard",
-		MaxRequestBodySize: cfg.MaxPayloadSize,
+		Handler:      s.handle,
+		ErrorHandler: s.handleParseError,
+		Name:         "switchyard",
+		// Bodies are read in the handler (body.go): small ones whole, larger ones streamed
+		// to the worker. takeBody enforces --max-payload-size.
+		StreamRequestBody:  true,
+		MaxRequestBodySize: streamBodyAbove,
 		ReadBufferSize:     16 << 10, // also the cap on request header size
 		WriteBufferSize:    4 << 10,
 		ReadTimeout:        headerReadTimeout, // headers must arrive within this (slowloris)
