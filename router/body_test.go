@@ -326,3 +326,57 @@ func TestLargeBodyNotRetriedAfterSending(t *testing.T) {
 		t.Fatalf("status %d %s after %d worker attempts; want the one worker's 503", resp.StatusCode, got, n)
 	}
 }
+
+// A "stream":false answer larger than bufferAnswerMax passes through byte for byte, with
+// or without a Content-Length, and the router does not hold it.
+func TestLargeAnswers(t *testing.T) {
+	smallThresholds(t)
+	const size = 16 << 20
+	var mu sync.Mutex
+	chunked := false
+	w := newFakeWorker(t, "w0")
+	w.setHandler(func(rw http.ResponseWriter, r *http.Request, _ []byte) {
+		mu.Lock()
+		ch := chunked
+		mu.Unlock()
+		rw.Header().Set("Content-Type", "application/json")
+		if !ch {
+			rw.Header().Set("Content-Length", strconv.Itoa(size))
+		}
+		io.Copy(rw, newJSONBody(`"id":"x",`, size))
+	})
+	srv := startRouter(t, "--worker-urls", w.URL, "--policy", "round_robin")
+	waitReady(t, srv)
+	want := newJSONBody(`"id":"x",`, size).sum()
+	for _, tc := range []struct {
+		name    string
+		chunked bool
+	}{{"Content-Length", false}, {"chunked", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			mu.Lock()
+			chunked = tc.chunked
+			mu.Unlock()
+			body := `{"model":"m","stream":false}`
+			runtime.GC()
+			base := heapInuse()
+			resp, err := http.Post("http://"+srv.Addr()+"/v1/completions", "application/json", strings.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			h := sha256.New()
+			n1, _ := io.CopyN(h, resp.Body, size/2)
+			mid := heapInuse()
+			n2, err := io.Copy(h, resp.Body)
+			if err != nil || n1+n2 != size || hex.EncodeToString(h.Sum(nil)) != want {
+				t.Fatalf("got %d bytes (err %v), sum match %v", n1+n2, err, hex.EncodeToString(h.Sum(nil)) == want)
+			}
+			if !tc.chunked && resp.ContentLength != size {
+				t.Fatalf("Content-Length %d, want %d", resp.ContentLength, size)
+			}
+			if grew := int64(mid) - int64(base); grew > size/4 {
+				t.Fatalf("heap grew %d bytes with half of a %d-byte answer read: the router holds it", grew, size)
+			}
+		})
+	}
+}

@@ -21,10 +21,12 @@
 //     HostClient (backend.go). A request body over 1 MiB is not held: the router reads
 //     its first 64 KiB for what it scans and streams the rest from the client to the
 //     worker (body.go), so such a request is retried elsewhere only if nothing was sent.
-//     The response body is always read as a stream: an SSE or
-//     unknown-length body goes to the client through writeStream, flushed chunk by chunk
-//     as the worker sends it; a fixed-length body is pulled by fasthttp through the
-//     exchange's Read. Either way the worker's in-flight count lasts until the body ended.
+//     The answer to a "stream":false request with a Content-Length up to 1 MiB is read
+//     into the client's response (upstream.go's roundTrip decides from the header). Any
+//     other answer streams: an SSE or unknown-length body goes to the client through
+//     writeStream, flushed chunk by chunk as the worker sends it; a fixed-length body is
+//     pulled by fasthttp through the exchange's Read. Either way the worker's in-flight
+//     count lasts until the body ended.
 //     A client that leaves aborts the worker stream, which tells vLLM to stop generating.
 //  5. Timeouts: backend.go's timeoutConn bounds connect, the wait for the first response
 //     byte, and the idle gap between body chunks; --request-timeout-secs, when set, caps

@@ -228,9 +228,10 @@ const maxErrorBody = 64 << 10
 // Requests that asked for a stream (and generate, whose router-replay answers can be
 // hundreds of MB) are streamed: SSE and unknown lengths chunk by chunk through
 // writeStream, fixed lengths pulled by fasthttp through the exchange. Everything else is
-// read straight into the client's response, with no copy and no allocation. A retryable
-// 5xx is returned as *statusError unless last is set or the request body already
-// streamed to this worker; then the client gets it as it is.
+// read straight into the client's response, with no copy and no allocation, when its
+// Content-Length is at most bufferAnswerMax; a larger or unknown-length answer streams
+// like the above (roundTrip). A retryable 5xx is returned as *statusError unless last is
+// set or the request body already streamed to this worker; then the client gets it as it is.
 func (s *Server) forward(ctx *fasthttp.RequestCtx, ex *exchange, b *Backend, req *fasthttp.Request, last bool) error {
 	if b.rankHeader != nil {
 		req.Header.SetBytesV("X-data-parallel-rank", b.rankHeader)
@@ -250,9 +251,13 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, ex *exchange, b *Backend, req
 	b.begin()
 	ex.dispatched = time.Now()
 	var err error
-	if s.cfg.RequestTimeout > 0 {
+	switch {
+	case !ex.stream:
+		// Held whole in ctx.Response when small, else up comes back streaming.
+		up, err = roundTrip(b.client, req, up, s.deadline(ex), bufferAnswerMax)
+	case s.cfg.RequestTimeout > 0:
 		err = b.client.DoDeadline(req, up, ex.start.Add(s.cfg.RequestTimeout))
-	} else {
+	default:
 		err = b.client.Do(req, up)
 	}
 	if closeClient {
@@ -269,6 +274,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, ex *exchange, b *Backend, req
 		b.breaker.Record(health.Classify(0, nil, err))
 		return err
 	}
+	streamed := up != &ctx.Response
 	if ex.pd {
 		s.metrics.pdDecode.WithLabelValues(b.id).Inc()
 		s.metrics.pdPhase.WithLabelValues("decode_ttft").Observe(time.Since(ex.dispatched).Seconds())
@@ -276,7 +282,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, ex *exchange, b *Backend, req
 	status := up.StatusCode()
 	if status >= 500 {
 		body, rerr := up.Body(), error(nil)
-		if ex.stream {
+		if streamed {
 			body, rerr = readSmallBody(up, maxErrorBody)
 		}
 		if rerr == nil {
@@ -287,7 +293,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, ex *exchange, b *Backend, req
 				s.releaseUpstream(ctx, up)
 				return &statusError{status: status}
 			}
-			if ex.stream {
+			if streamed {
 				copyResponseHeader(&ctx.Response, up)
 				ctx.Response.SetBody(body)
 				fasthttp.ReleaseResponse(up)
@@ -300,7 +306,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, ex *exchange, b *Backend, req
 		// Too large to classify: pass it through like any other answer.
 	}
 	ex.b = b
-	if !ex.stream {
+	if !streamed {
 		// The whole body is in ctx.Response already: the exchange ends here.
 		stripResponseHeader(&ctx.Response)
 		b.end()
