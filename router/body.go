@@ -95,13 +95,13 @@ func (u *upload) reset() { *u = upload{head: u.head[:0]} }
 // scan: the whole body, or, for a body that streams (unless whole is set), its head.
 func (s *Server) takeBody(ctx *fasthttp.RequestCtx, ex *exchange, whole bool) ([]byte, error) {
 	req := &ctx.Request
-	if !req.IsBodyStream() {
-		return req.Body(), nil // no body, or one already in memory
-	}
 	limit := s.cfg.MaxPayloadSize
 	cl := req.Header.ContentLength()
 	if cl > limit {
 		return nil, errBodyTooLarge
+	}
+	if !req.IsBodyStream() {
+		return req.Body(), nil // no body, or one already in memory
 	}
 	if cl >= 0 && (whole || cl <= streamBodyAbove) {
 		// fasthttp has the first 8 KiB already; Body reads the rest. A failed read leaves

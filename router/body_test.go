@@ -154,7 +154,10 @@ func rawPost(t *testing.T, addr, path string, hdr map[string]string, body io.Rea
 	}
 	defer c.Close()
 	var b strings.Builder
-	fmt.Fprintf(&b, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n", path, addr)
+	fmt.Fprintf(&b, "POST %s HTTP/1.1\r\nHost: %s\r\n", path, addr)
+	if _, ok := hdr["Content-Type"]; !ok {
+		b.WriteString("Content-Type: application/json\r\n")
+	}
 	if cl >= 0 {
 		fmt.Fprintf(&b, "Content-Length: %d\r\n", cl)
 	} else {
@@ -376,6 +379,39 @@ func TestLargeAnswers(t *testing.T) {
 			}
 			if grew := int64(mid) - int64(base); grew > size/4 {
 				t.Fatalf("heap grew %d bytes with half of a %d-byte answer read: the router holds it", grew, size)
+			}
+		})
+	}
+}
+
+// A multipart upload (audio transcription) is forwarded byte for byte, streamed when
+// large, and refused from its Content-Length when over the limit.
+func TestMultipartBodies(t *testing.T) {
+	smallThresholds(t)
+	w := newFakeWorker(t, "w0")
+	srv := startRouter(t, "--worker-urls", w.URL, "--policy", "round_robin", "--max-payload-size", strconv.Itoa(4<<20))
+	waitReady(t, srv)
+	part := func(size int) string {
+		return "--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper\r\n" +
+			"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\n" +
+			strings.Repeat("\x01\x02", size/2) + "\r\n--XyZ--\r\n"
+	}
+	for _, tc := range []struct {
+		name       string
+		size       int
+		wantStatus int
+	}{{"small", 1000, 200}, {"streamed", 2 << 20, 200}, {"over the limit", 5 << 20, 413}} {
+		t.Run(tc.name, func(t *testing.T) {
+			body := part(tc.size)
+			before := len(w.received())
+			resp, got := rawPost(t, srv.Addr(), "/v1/audio/transcriptions",
+				map[string]string{"Content-Type": "multipart/form-data; boundary=XyZ"}, strings.NewReader(body), int64(len(body)))
+			if resp.StatusCode != tc.wantStatus {
+				t.Fatalf("status %d %s, want %d", resp.StatusCode, got, tc.wantStatus)
+			}
+			rec := w.received()[before:]
+			if tc.wantStatus == 200 && (len(rec) != 1 || string(rec[0].body) != body) {
+				t.Fatalf("worker got %d requests, body intact: %v", len(rec), len(rec) == 1 && string(rec[0].body) == body)
 			}
 		})
 	}

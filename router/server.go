@@ -140,9 +140,12 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 		// to the worker. takeBody enforces --max-payload-size.
 		StreamRequestBody:  true,
 		MaxRequestBodySize: streamBodyAbove,
-		ReadBufferSize:     16 << 10, // also the cap on request header size
-		WriteBufferSize:    4 << 10,
-		ReadTimeout:        headerReadTimeout, // headers must arrive within this (slowloris)
+		// A multipart body (audio uploads) is a body like any other: fasthttp would parse
+		// it, spooling files to disk before the size check, and re-encode it.
+		DisablePreParseMultipartForm: true,
+		ReadBufferSize:               16 << 10, // also the cap on request header size
+		WriteBufferSize:              4 << 10,
+		ReadTimeout:                  headerReadTimeout, // headers must arrive within this (slowloris)
 		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
 			return fasthttp.RequestConfig{ReadTimeout: bodyReadTimeout} // long agentic bodies get longer
 		},
