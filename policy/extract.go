@@ -16,7 +16,15 @@ import (
 // is not a key. For a repeated key the last occurrence wins, as in encoding/json. The
 // result aliases body unless the string holds escapes, in which case it is decoded into a
 // new slice. Nil when there is no such field or body is not valid JSON.
-func SessionIDFromBody(body []byte) []byte {
+func SessionIDFromBody(body []byte) []byte { return sessionID(body, false) }
+
+// SessionIDFromHead is SessionIDFromBody for the first bytes of a body too large to hold:
+// the fields within head count, and JSON cut short (or broken) after them is no error.
+// A field after head is not seen.
+func SessionIDFromHead(head []byte) []byte { return sessionID(head, true) }
+
+func sessionID(body []byte, head bool) []byte {
+	// Not the scanner's head mode: an id cut off at the end is no id.
 	s := jsonScanner{b: body}
 	var fields [4][]byte // in priority order: session_params.session_id, user, session_id, user_id
 	ok := s.object(func(key []byte) bool {
@@ -44,7 +52,7 @@ func SessionIDFromBody(body []byte) []byte {
 		}
 		return !s.bad
 	})
-	if !ok || !s.end() {
+	if !head && (!ok || !s.end()) {
 		return nil
 	}
 	for _, f := range fields {
@@ -60,9 +68,15 @@ func SessionIDFromBody(body []byte) []byte {
 // string, or an array of parts whose "text" strings are taken), each message's text
 // followed by '\n' so a conversation's text is a prefix of its next turn's. Strings are
 // JSON-decoded. On a body with neither, or invalid JSON, dst is returned unchanged.
-func PromptText(dst, body []byte) []byte {
+func PromptText(dst, body []byte) []byte { return promptText(dst, body, false) }
+
+// PromptTextHead is PromptText for the first bytes of a body too large to hold: the text
+// within head, up to where head or the JSON ends (a prefix is what prefix matching needs).
+func PromptTextHead(dst, head []byte) []byte { return promptText(dst, head, true) }
+
+func promptText(dst, body []byte, head bool) []byte {
 	orig := len(dst)
-	s := jsonScanner{b: body}
+	s := jsonScanner{b: body, head: head}
 	found := false
 	ok := s.object(func(key []byte) bool {
 		switch {
@@ -111,7 +125,10 @@ func PromptText(dst, body []byte) []byte {
 						if !ok {
 							return false
 						}
-						dst, found = append(appendUnescaped(dst, raw), '\n'), true
+						dst, found = appendUnescaped(dst, raw), true
+						if !s.cut {
+							dst = append(dst, '\n')
+						}
 						return true
 					case '[':
 						ok := s.array(func() bool {
@@ -141,7 +158,7 @@ func PromptText(dst, body []byte) []byte {
 		}
 		return s.skipValue()
 	})
-	if !ok || !s.end() || !found {
+	if !found || !head && (!ok || !s.end()) {
 		return dst[:orig]
 	}
 	return dst
@@ -152,9 +169,11 @@ const maxJSONDepth = 10000
 
 // jsonScanner walks JSON text. Methods return false (and set bad) on malformed input.
 type jsonScanner struct {
-	b   []byte
-	i   int
-	bad bool
+	b    []byte
+	i    int
+	bad  bool
+	head bool // b is a body's first bytes: a string cut off at the end yields what is there
+	cut  bool // str returned such a string
 }
 
 func (s *jsonScanner) ws() {
@@ -265,11 +284,16 @@ func (s *jsonScanner) str() ([]byte, bool) {
 	start := s.i
 	for {
 		j := bytes.IndexByte(s.b[s.i:], '"')
+		cut := false
 		if j < 0 {
-			return nil, s.fail()
+			if !s.head {
+				return nil, s.fail()
+			}
+			j, cut = len(s.b)-s.i, true
 		}
 		// Validate up to the quote; an escape may hide the quote, then continue past it.
 		end := s.i + j
+	scan:
 		for k := s.i; k < end; k++ {
 			c := s.b[k]
 			if c < 0x20 {
@@ -277,6 +301,10 @@ func (s *jsonScanner) str() ([]byte, bool) {
 			}
 			if c != '\\' {
 				continue
+			}
+			if cut && (k+1 >= len(s.b) || s.b[k+1] == 'u' && k+5 >= len(s.b)) {
+				end = k // an escape cut in half: the text ends before it
+				break scan
 			}
 			if k+1 >= len(s.b) {
 				return nil, s.fail()
@@ -296,6 +324,10 @@ func (s *jsonScanner) str() ([]byte, bool) {
 				s.i = k + 1
 				goto next
 			}
+		}
+		if cut {
+			s.i, s.cut = len(s.b), true
+			return s.b[start:end], true
 		}
 		s.i = end + 1
 		return s.b[start:end], true

@@ -253,3 +253,31 @@ func FuzzPromptText(f *testing.F) {
 		}
 	})
 }
+
+// The head variants read the first bytes of a body too large to hold: fields within them
+// count, a cut string is prompt text but never a session id.
+func TestHeadScans(t *testing.T) {
+	cases := []struct {
+		name, head, wantID, wantText string
+	}{
+		{"id before the cut", `{"user":"u1","messages":[{"role":"user","content":"hello wor`, "u1", "hello wor"},
+		{"id cut in half", `{"messages":[{"content":"hi"}],"user":"u1`, "", "hi\n"},
+		{"escape cut in half", `{"prompt":"a\u00e9b\u00`, "", "aéb"},
+		{"backslash at the end", `{"prompt":"ab\`, "", "ab"},
+		{"whole body", `{"session_id":"s","prompt":"p"}`, "s", "p"},
+		{"nothing yet", `{"mess`, "", ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := string(SessionIDFromHead([]byte(tc.head))); got != tc.wantID {
+				t.Errorf("SessionIDFromHead = %q, want %q", got, tc.wantID)
+			}
+			if got := string(PromptTextHead(nil, []byte(tc.head))); got != tc.wantText {
+				t.Errorf("PromptTextHead = %q, want %q", got, tc.wantText)
+			}
+			if SessionIDFromBody([]byte(tc.head)) != nil && tc.name != "whole body" {
+				t.Error("SessionIDFromBody accepted a cut body")
+			}
+		})
+	}
+}

@@ -3,6 +3,7 @@
 package router
 
 import (
+	"bytes"
 	"io"
 	"net"
 	"strings"
@@ -14,7 +15,8 @@ import (
 
 // TestHotPathAllocs proves a proxied request allocates nothing in the router once pools
 // are warm: classification, request id, policy inputs, header preparation, the pick,
-// the worker round trip and the pass-through of a fixed-length body.
+// the worker round trip and the pass-through of a fixed-length body; for a body already
+// in memory and for one the handler reads from a stream (fasthttp's StreamRequestBody).
 func TestHotPathAllocs(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -36,14 +38,21 @@ func TestHotPathAllocs(t *testing.T) {
 			defer srv.Shutdown(t.Context())
 			waitFor(t, "healthy worker", func() bool { h, _, _ := srv.ready(srv.pool.load()); return h == 1 })
 			var ctx fasthttp.RequestCtx
+			var stream bytes.Reader
 			body := []byte(`{"model":"m","messages":[{"role":"user","content":"` + strings.Repeat("x", 1000) + `"}]}`)
+			streamed := false
 			one := func() {
 				ctx.Request.Reset()
 				ctx.Response.Reset()
 				ctx.Request.Header.SetMethod("POST")
 				ctx.Request.SetRequestURI("/v1/chat/completions")
 				ctx.Request.Header.Set("X-Session-ID", "session-7")
-				ctx.Request.SetBody(body)
+				if streamed {
+					stream.Reset(body)
+					ctx.Request.SetBodyStream(&stream, len(body))
+				} else {
+					ctx.Request.SetBody(body)
+				}
 				srv.handle(&ctx)
 				if ctx.Response.StatusCode() != 200 {
 					t.Fatalf("status %d %s", ctx.Response.StatusCode(), ctx.Response.Body())
@@ -53,11 +62,13 @@ func TestHotPathAllocs(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			for i := 0; i < 100; i++ {
-				one()
-			}
-			if n := testing.AllocsPerRun(200, one); n > 0 {
-				t.Fatalf("%v allocations per proxied request, want 0", n)
+			for _, streamed = range []bool{false, true} {
+				for i := 0; i < 100; i++ {
+					one()
+				}
+				if n := testing.AllocsPerRun(200, one); n > 0 {
+					t.Fatalf("%v allocations per proxied request (body from a stream: %v), want 0", n, streamed)
+				}
 			}
 		})
 	}

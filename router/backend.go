@@ -174,6 +174,7 @@ type timeoutConn struct {
 	current       time.Time     // deadline last set on the socket
 	armedFor      time.Duration // the timeout current was computed from
 	capped        bool          // current came from hard: re-arm on the next Read
+	writeDL       time.Time     // write deadline last set on the socket
 }
 
 func (c *timeoutConn) Write(p []byte) (int, error) {
@@ -219,5 +220,15 @@ func (c *timeoutConn) SetReadDeadline(t time.Time) error {
 
 func (c *timeoutConn) SetDeadline(t time.Time) error {
 	c.hard = t
+	return c.SetWriteDeadline(t)
+}
+
+// SetWriteDeadline skips the socket call when the deadline is unchanged: roundTrip sets
+// it on every request, most often to "none" again.
+func (c *timeoutConn) SetWriteDeadline(t time.Time) error {
+	if t.Equal(c.writeDL) {
+		return nil
+	}
+	c.writeDL = t
 	return c.Conn.SetWriteDeadline(t)
 }

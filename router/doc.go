@@ -18,10 +18,15 @@
 //     snapshot, pool.go; the worker's circuit breaker admits), forward. Only failures that
 //     prove the worker did not process the request are retried, elsewhere, with backoff.
 //  4. forward sends ctx.Request itself — the body byte for byte — through the worker's one
-//     HostClient (backend.go). The response body is always read as a stream: an SSE or
-//     unknown-length body goes to the client through writeStream, flushed chunk by chunk
-//     as the worker sends it; a fixed-length body is pulled by fasthttp through the
-//     exchange's Read. Either way the worker's in-flight count lasts until the body ended.
+//     HostClient (backend.go). A request body over 1 MiB is not held: the router reads
+//     its first 64 KiB for what it scans and streams the rest from the client to the
+//     worker (body.go), so such a request is retried elsewhere only if nothing was sent.
+//     The answer to a "stream":false request with a Content-Length up to 1 MiB is read
+//     into the client's response (upstream.go's roundTrip decides from the header). Any
+//     other answer streams: an SSE or unknown-length body goes to the client through
+//     writeStream, flushed chunk by chunk as the worker sends it; a fixed-length body is
+//     pulled by fasthttp through the exchange's Read. Either way the worker's in-flight
+//     count lasts until the body ended.
 //     A client that leaves aborts the worker stream, which tells vLLM to stop generating.
 //  5. Timeouts: backend.go's timeoutConn bounds connect, the wait for the first response
 //     byte, and the idle gap between body chunks; --request-timeout-secs, when set, caps

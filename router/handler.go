@@ -30,7 +30,11 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	} else if origin := ctx.Request.Header.Peek("Origin"); len(origin) > 0 && s.cors(ctx, origin) {
 		// a CORS preflight, answered
 	} else if c, ok := s.controlRoute(ctx); ok {
-		s.serveControl(ctx, c)
+		if _, err := s.takeBody(ctx, ex, true); err != nil {
+			s.failBody(ctx, ex, err)
+		} else {
+			s.serveControl(ctx, c)
+		}
 	} else if s.apiKey != nil && !s.authorized(ctx, s.apiKey) {
 		writeErr(ctx, errUnauthorized)
 	} else {
@@ -128,19 +132,25 @@ func firstHeader(h *fasthttp.RequestHeader, names [][]byte) []byte {
 	return nil
 }
 
-// fillPolicyRequest computes only the request facts the configured policies read.
-func (s *Server) fillPolicyRequest(pr *policy.Request, ctx *fasthttp.RequestCtx, ex *exchange) {
+// fillPolicyRequest computes only the request facts the configured policies read. body is
+// what takeBody returned: the whole body, or the head of one that streams.
+func (s *Server) fillPolicyRequest(pr *policy.Request, ctx *fasthttp.RequestCtx, ex *exchange, body []byte) {
 	if s.inputs == 0 {
 		return
 	}
 	h := &ctx.Request.Header
 	session := firstHeader(h, sessionHeaders)
-	var body []byte
+	streamed := ex.upload.rest != nil // body is the head of a streamed body
+	var sid []byte
 	bodySession := func() []byte {
-		if body == nil {
-			body = policy.SessionIDFromBody(ctx.Request.Body())
+		if sid == nil {
+			if streamed {
+				sid = policy.SessionIDFromHead(body)
+			} else {
+				sid = policy.SessionIDFromBody(body)
+			}
 		}
-		return body
+		return sid
 	}
 	if s.inputs&policy.InputSessionID != 0 {
 		pr.SessionID = session
@@ -158,7 +168,11 @@ func (s *Server) fillPolicyRequest(pr *policy.Request, ctx *fasthttp.RequestCtx,
 		}
 	}
 	if s.inputs&policy.InputText != 0 {
-		ex.textBuf = policy.PromptText(ex.textBuf[:0], ctx.Request.Body())
+		if streamed {
+			ex.textBuf = policy.PromptTextHead(ex.textBuf[:0], body)
+		} else {
+			ex.textBuf = policy.PromptText(ex.textBuf[:0], body)
+		}
 		pr.Text = ex.textBuf
 	}
 }

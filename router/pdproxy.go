@@ -54,14 +54,19 @@ func (s *Server) prepareLeg(leg *fasthttp.Request, ctx *fasthttp.RequestCtx, rid
 // decode (the client's body carrying the kv_transfer_params prefill returned), streamed
 // to the client exactly like a regular response. One request id covers both legs.
 func (s *Server) proxyPD(ctx *fasthttp.RequestCtx, ex *exchange, rid []byte, snap *snapshot) {
+	// Both legs rewrite the body, so P/D holds it whole (up to --max-payload-size) even
+	// when it would stream on a regular route.
+	orig, err := s.takeBody(ctx, ex, true)
+	if err != nil {
+		s.failBody(ctx, ex, err)
+		return
+	}
 	if !s.admit(ctx, ex) {
 		return
 	}
 	ex.pd, ex.stream = true, true
-	s.fillPolicyRequest(&ex.preq, ctx, ex)
+	s.fillPolicyRequest(&ex.preq, ctx, ex, orig)
 	kind, _ := pd.KindFromPath(ctx.Path())
-	orig := ctx.Request.Body()
-	var err error
 	ex.pdBuf, err = pd.PrefillBody(ex.pdBuf[:0], kind, orig)
 	if err != nil {
 		s.fail(ctx, ex, errors.Join(errBadRequest, errors.New("invalid JSON body: "+err.Error())))

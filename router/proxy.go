@@ -34,6 +34,7 @@ type exchange struct {
 	pd         bool               // a P/D request (decode leg being forwarded)
 	stream     bool               // the response is streamed, not buffered
 
+	upload  upload // a request body streamed to the worker
 	preq    policy.Request
 	avoid   [4]policy.Endpoint
 	ridBuf  []byte
@@ -57,8 +58,9 @@ func (ex *exchange) unref() {
 	ex.limited, ex.sse, ex.wrote, ex.pd, ex.stream = false, false, false, false, false
 	ex.preq = policy.Request{}
 	ex.avoid = [4]policy.Endpoint{}
-	if cap(ex.textBuf) > 1<<20 || cap(ex.pdBuf) > 1<<20 || cap(ex.respBuf) > 1<<20 {
-		ex.textBuf, ex.pdBuf, ex.respBuf = nil, nil, nil // do not pin one huge prompt's buffers
+	ex.upload.reset()
+	if cap(ex.textBuf) > 1<<20 || cap(ex.pdBuf) > 1<<20 || cap(ex.respBuf) > 1<<20 || cap(ex.upload.head) > 1<<20 {
+		ex.textBuf, ex.pdBuf, ex.respBuf, ex.upload.head = nil, nil, nil, nil // do not pin one huge prompt's buffers
 	}
 	exchangePool.Put(ex)
 }
@@ -117,14 +119,19 @@ func (s *Server) proxy(ctx *fasthttp.RequestCtx, ex *exchange, rid []byte) {
 		}
 		backends, eps, pol = snap.decode, snap.decodeEPs, s.decodePolicy
 	}
+	// The body (or its head) is in before the request takes a slot, as when fasthttp read it.
+	body, err := s.takeBody(ctx, ex, false)
+	if err != nil {
+		s.failBody(ctx, ex, err)
+		return
+	}
 	if !s.admit(ctx, ex) {
 		return
 	}
-	ex.stream = ex.route == routeGenerate || wantsStream(ctx.Request.Body())
-	s.fillPolicyRequest(&ex.preq, ctx, ex)
+	ex.stream = ex.route == routeGenerate || wantsStream(body)
+	s.fillPolicyRequest(&ex.preq, ctx, ex, body)
 	s.prepareUpstream(&ctx.Request, rid)
 	attempts := s.retry.Attempts()
-	var err error
 	for attempt := 0; attempt < attempts; attempt++ {
 		if attempt > 0 {
 			s.metrics.retries.WithLabelValues(ex.route.String()).Inc()
@@ -138,8 +145,8 @@ func (s *Server) proxy(ctx *fasthttp.RequestCtx, ex *exchange, rid []byte) {
 		if err == nil {
 			return
 		}
-		if !retryable(err) {
-			break
+		if !retryable(err) || ex.upload.sent() {
+			break // a streamed body that left cannot be sent again
 		}
 		avoid(ex, b)
 		if ce := s.log.Check(zap.DebugLevel, "retrying on another worker"); ce != nil {
@@ -148,6 +155,10 @@ func (s *Server) proxy(ctx *fasthttp.RequestCtx, ex *exchange, rid []byte) {
 	}
 	if attempts > 1 && err != nil && !errors.Is(err, errNoWorker) && !errors.Is(err, errNotReady) {
 		s.metrics.retriesOut.WithLabelValues(ex.route.String()).Inc()
+	}
+	if ex.upload.err != nil {
+		s.failBody(ctx, ex, err)
+		return
 	}
 	s.fail(ctx, ex, err)
 }
@@ -222,8 +233,10 @@ const maxErrorBody = 64 << 10
 // Requests that asked for a stream (and generate, whose router-replay answers can be
 // hundreds of MB) are streamed: SSE and unknown lengths chunk by chunk through
 // writeStream, fixed lengths pulled by fasthttp through the exchange. Everything else is
-// read straight into the client's response, with no copy and no allocation. A retryable
-// 5xx is returned as *statusError unless last is set; then the client gets it as it is.
+// read straight into the client's response, with no copy and no allocation, when its
+// Content-Length is at most bufferAnswerMax; a larger or unknown-length answer streams
+// like the above (roundTrip). A retryable 5xx is returned as *statusError unless last is
+// set or the request body already streamed to this worker; then the client gets it as it is.
 func (s *Server) forward(ctx *fasthttp.RequestCtx, ex *exchange, b *Backend, req *fasthttp.Request, last bool) error {
 	if b.rankHeader != nil {
 		req.Header.SetBytesV("X-data-parallel-rank", b.rankHeader)
@@ -246,9 +259,13 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, ex *exchange, b *Backend, req
 	b.begin()
 	ex.dispatched = time.Now()
 	var err error
-	if s.cfg.RequestTimeout > 0 {
+	switch {
+	case !ex.stream:
+		// Held whole in ctx.Response when small, else up comes back streaming.
+		up, err = roundTrip(b.client, req, up, s.deadline(ex), bufferAnswerMax)
+	case s.cfg.RequestTimeout > 0:
 		err = b.client.DoDeadline(req, up, ex.start.Add(s.cfg.RequestTimeout))
-	} else {
+	default:
 		err = b.client.Do(req, up)
 	}
 	if closeClient {
@@ -257,10 +274,15 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, ex *exchange, b *Backend, req
 	if err != nil {
 		b.end()
 		s.releaseUpstream(ctx, up)
-		b.breaker.Record(health.Classify(0, nil, err))
 		b.m.requests[ex.route][0].Inc()
+		if ex.upload.err != nil {
+			b.breaker.Record(health.Neutral) // the client's body failed, not the worker
+			return ex.upload.err
+		}
+		b.breaker.Record(health.Classify(0, nil, err))
 		return err
 	}
+	streamed := up != &ctx.Response
 	if ex.pd {
 		s.metrics.pdDecode.WithLabelValues(b.id).Inc()
 		s.metrics.pdPhase.WithLabelValues("decode_ttft").Observe(time.Since(ex.dispatched).Seconds())
@@ -268,18 +290,18 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, ex *exchange, b *Backend, req
 	status := up.StatusCode()
 	if status >= 500 {
 		body, rerr := up.Body(), error(nil)
-		if ex.stream {
+		if streamed {
 			body, rerr = readSmallBody(up, maxErrorBody)
 		}
 		if rerr == nil {
 			b.breaker.Record(health.Classify(status, body, nil))
 			b.end()
 			b.m.requests[ex.route][5].Inc()
-			if !last && health.Retryable(status, nil, false) {
+			if !last && !ex.upload.sent() && health.Retryable(status, nil, false) {
 				s.releaseUpstream(ctx, up)
 				return &statusError{status: status}
 			}
-			if ex.stream {
+			if streamed {
 				copyResponseHeader(&ctx.Response, up)
 				ctx.Response.SetBody(body)
 				fasthttp.ReleaseResponse(up)
@@ -292,7 +314,7 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, ex *exchange, b *Backend, req
 		// Too large to classify: pass it through like any other answer.
 	}
 	ex.b = b
-	if !ex.stream {
+	if !streamed {
 		// The whole body is in ctx.Response already: the exchange ends here.
 		stripResponseHeader(&ctx.Response)
 		b.end()

@@ -134,13 +134,19 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 	s.limiter = newLimiter(cfg.MaxConcurrentRequests, cfg.QueueSize, cfg.QueueTimeout)
 	s.pool.Update(s.configuredSpecs())
 	s.srv = &fasthttp.Server{
-		Handler:            s.handle,
-		ErrorHandler:       s.handleParseError,
-		Name:               "switchyard",
-		MaxRequestBodySize: cfg.MaxPayloadSize,
-		ReadBufferSize:     16 << 10, // also the cap on request header size
-		WriteBufferSize:    4 << 10,
-		ReadTimeout:        headerReadTimeout, // headers must arrive within this (slowloris)
+		Handler:      s.handle,
+		ErrorHandler: s.handleParseError,
+		Name:         "switchyard",
+		// Bodies are read in the handler (body.go): small ones whole, larger ones streamed
+		// to the worker. takeBody enforces --max-payload-size.
+		StreamRequestBody:  true,
+		MaxRequestBodySize: streamBodyAbove,
+		// A multipart body (audio uploads) is a body like any other: fasthttp would parse
+		// it, spooling files to disk before the size check, and re-encode it.
+		DisablePreParseMultipartForm: true,
+		ReadBufferSize:               16 << 10, // also the cap on request header size
+		WriteBufferSize:              4 << 10,
+		ReadTimeout:                  headerReadTimeout, // headers must arrive within this (slowloris)
 		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
 			return fasthttp.RequestConfig{ReadTimeout: bodyReadTimeout} // long agentic bodies get longer
 		},
