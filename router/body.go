@@ -98,6 +98,7 @@ func (s *Server) takeBody(ctx *fasthttp.RequestCtx, ex *exchange, whole bool) ([
 	limit := s.cfg.MaxPayloadSize
 	cl := req.Header.ContentLength()
 	if cl > limit {
+		tooLargeBodies.Delete(&req.Header)
 		return nil, errBodyTooLarge
 	}
 	if !req.IsBodyStream() {

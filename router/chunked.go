@@ -14,16 +14,16 @@ type chunkDecoder struct {
 }
 
 const (
-	chunkSize       = iota // hex digits of a chunk size
-	chunkExt               // ";ext" after the size, up to LF
-	chunkSizeLF            // CR seen after the size line
-	chunkData              // payload
-	chunkDataCR            // CR after the payload
-	chunkDataLF            // LF after the payload
-	chunkTrailer           // start of a trailer line, or the final CRLF
-	chunkTrailerLine       // inside a trailer field, up to LF
-	chunkTrailerLF         // CR of the final empty line seen
-	chunkDone              // the body ended
+	chunkSize        = iota // hex digits of a chunk size
+	chunkExt                // ";ext" after the size, up to LF
+	chunkSizeLF             // CR seen after the size line
+	chunkData               // payload
+	chunkDataCR             // CR after the payload
+	chunkDataLF             // LF after the payload
+	chunkTrailer            // start of a trailer line, or the final CRLF
+	chunkTrailerLine        // inside a trailer field, up to LF
+	chunkTrailerLF          // CR of the final empty line seen
+	chunkDone               // the body ended
 )
 
 var errBadChunk = errors.New("malformed chunked encoding from worker")

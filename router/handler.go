@@ -103,8 +103,9 @@ func (s *Server) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 		ce.Write(zap.Error(err))
 	}
 	var small *fasthttp.ErrSmallBuffer
+	_, tooLarge := tooLargeBodies.LoadAndDelete(&ctx.Request.Header)
 	switch {
-	case err == fasthttp.ErrBodyTooLarge:
+	case err == fasthttp.ErrBodyTooLarge || tooLarge:
 		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, errBodyTooLarge.Error())
 	case errors.As(err, &small):
 		writeError(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, "request headers too large")

@@ -46,7 +46,9 @@ type exchange struct {
 }
 
 // headSetter takes the client's response head when the handler is done with it.
-type headSetter interface{ setHead(h *fasthttp.ResponseHeader) }
+type headSetter interface {
+	setHead(h *fasthttp.ResponseHeader)
+}
 
 func (ex *exchange) handlerDone() { ex.unref() }
 

@@ -46,17 +46,18 @@ type relay struct {
 	gen     int32
 
 	active   atomic.Int64  // streams handed over and not finished
+	stalls   atomic.Int64  // writes a client's full socket held back (backpressure)
 	draining atomic.Bool   // shutting down: client connections close after their stream
 	abort    atomic.Bool   // drain time is up: cut what is left
 	drained  chan struct{} // receives when active reaches 0 while draining
 	wg       sync.WaitGroup
 
 	// The relay goroutine's own.
-	buf       []byte
-	out       []byte
-	events    []syscall.EpollEvent
-	expired   []*relayStream
-	pollFn    func(uintptr) bool
+	buf     []byte
+	out     []byte
+	events  []syscall.EpollEvent
+	expired []*relayStream
+	pollFn  func(uintptr) bool
 }
 
 const (
@@ -183,7 +184,7 @@ func (r *relay) lookup(slot, gen int32) *relayStream {
 		return nil
 	}
 	rs := r.streams[slot]
-	if rs == nil || rs.gen != gen {
+	if rs == nil || rs.gen != gen || !rs.armed {
 		return nil
 	}
 	return rs
@@ -196,7 +197,7 @@ func (r *relay) sweep(now time.Time) {
 	t := now.UnixNano()
 	r.mu.Lock()
 	for _, rs := range r.streams {
-		if rs != nil && rs.registered && (abort || (r.idle > 0 && t-rs.last > r.idle) || (rs.deadline > 0 && t > rs.deadline)) {
+		if rs != nil && rs.armed && (abort || (r.idle > 0 && t-rs.last > r.idle) || (rs.deadline > 0 && t > rs.deadline)) {
 			r.expired = append(r.expired, rs)
 		}
 	}
@@ -210,8 +211,11 @@ func (r *relay) sweep(now time.Time) {
 	r.expired = r.expired[:0]
 }
 
-// add registers a started stream's sockets; from here on only the relay goroutine
-// touches it.
+// add registers a started stream's sockets; once it returns, only the relay goroutine
+// touches the stream. Both sockets join the set with no interest, the stream becomes
+// visible, and only then are their events switched on: an event can never reach a
+// stream the relay does not know yet, and none is lost (EPOLL_CTL_MOD reports what is
+// already ready).
 func (r *relay) add(rs *relayStream) error {
 	r.mu.Lock()
 	var slot int32
@@ -223,21 +227,32 @@ func (r *relay) add(rs *relayStream) error {
 		r.streams = append(r.streams, nil)
 	}
 	r.gen++
-	rs.slot, rs.gen, rs.registered = slot, r.gen, true
+	gen, upFD, clientFD := r.gen, rs.up.fd, rs.clientFD
+	rs.slot, rs.gen, rs.registered = slot, gen, true
 	r.streams[slot] = rs
 	r.mu.Unlock()
-	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | epollET, Fd: rs.gen, Pad: slot<<1 | sideWorker}
-	err := syscall.EpollCtl(r.epfd, syscall.EPOLL_CTL_ADD, rs.up.fd, &ev)
+	quiet := syscall.EpollEvent{Events: epollET, Fd: gen, Pad: slot<<1 | sideWorker}
+	err := syscall.EpollCtl(r.epfd, syscall.EPOLL_CTL_ADD, upFD, &quiet)
 	if err == nil {
-		ev = syscall.EpollEvent{Events: syscall.EPOLLRDHUP | epollET, Fd: rs.gen, Pad: slot<<1 | sideClient}
-		if err = syscall.EpollCtl(r.epfd, syscall.EPOLL_CTL_ADD, rs.clientFD, &ev); err != nil {
-			_ = syscall.EpollCtl(r.epfd, syscall.EPOLL_CTL_DEL, rs.up.fd, nil)
+		quiet.Pad = slot<<1 | sideClient
+		if err = syscall.EpollCtl(r.epfd, syscall.EPOLL_CTL_ADD, clientFD, &quiet); err != nil {
+			_ = syscall.EpollCtl(r.epfd, syscall.EPOLL_CTL_DEL, upFD, nil)
 		}
 	}
 	if err != nil {
 		r.release(rs)
+		return err
 	}
-	return err
+	r.mu.Lock()
+	rs.armed = true
+	r.mu.Unlock()
+	// From the first MOD on the relay may finish the stream: use only the copies above.
+	// A MOD on a socket the relay already removed fails harmlessly.
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | epollET, Fd: gen, Pad: slot<<1 | sideWorker}
+	_ = syscall.EpollCtl(r.epfd, syscall.EPOLL_CTL_MOD, upFD, &ev)
+	ev = syscall.EpollEvent{Events: syscall.EPOLLRDHUP | epollET, Fd: gen, Pad: slot<<1 | sideClient}
+	_ = syscall.EpollCtl(r.epfd, syscall.EPOLL_CTL_MOD, clientFD, &ev)
+	return nil
 }
 
 // watchClientWrite asks for (or stops asking for) the client socket's writability.
@@ -262,7 +277,7 @@ func (r *relay) release(rs *relayStream) {
 	r.mu.Lock()
 	r.streams[rs.slot] = nil
 	r.free = append(r.free, rs.slot)
-	rs.registered = false
+	rs.registered, rs.armed = false, false
 	r.mu.Unlock()
 }
 
@@ -296,7 +311,8 @@ type relayStream struct {
 	ex *exchange
 
 	slot, gen  int32
-	registered bool
+	registered bool // holds a slot
+	armed      bool // the relay sees its events (set under relay.mu)
 
 	// client side
 	client     net.Conn // handed back to fasthttp at the end: a *net.TCPConn or *prefixConn
@@ -354,7 +370,7 @@ func releaseRelayStream(rs *relayStream) {
 	}
 	rs.hdr.Reset()
 	rs.r, rs.ex, rs.client, rs.up, rs.pool, rs.br = nil, nil, nil, nil, nil, nil
-	rs.slot, rs.gen, rs.registered = 0, 0, false
+	rs.slot, rs.gen, rs.registered, rs.armed = 0, 0, false, false
 	rs.clientFD, rs.keepClient, rs.head, rs.pending = -1, false, rs.head[:0], rs.pending[:0]
 	rs.mode, rs.dec, rs.remain, rs.reusable, rs.workerReady = 0, chunkDecoder{}, 0, false, false
 	rs.last, rs.deadline = 0, 0
@@ -559,6 +575,7 @@ func (rs *relayStream) write(b []byte) bool {
 	}
 	if len(b) > 0 {
 		rs.pending = append(rs.pending[:0], b...)
+		rs.r.stalls.Add(1)
 		rs.r.watchClientWrite(rs, true)
 		return false
 	}

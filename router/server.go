@@ -147,22 +147,50 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 		ReadBufferSize:               16 << 10, // also the cap on request header size
 		WriteBufferSize:              4 << 10,
 		ReadTimeout:                  headerReadTimeout, // headers must arrive within this (slowloris)
-		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
-			return fasthttp.RequestConfig{ReadTimeout: bodyReadTimeout} // long agentic bodies get longer
-		},
-		IdleTimeout:           120 * time.Second,
-		Concurrency:           256 * 1024,
-		NoDefaultServerHeader: true,
-		NoDefaultDate:         true,
-		NoDefaultContentType:  true,
-		CloseOnShutdown:       true,
-		ReduceMemoryUsage:     true, // a long stream does not pin its connection's read buffer
-		Logger:                zapPrintf{log},
+		HeaderReceived:               s.headerReceived,
+		ExpectHandler:                s.expect,
+		IdleTimeout:                  120 * time.Second,
+		Concurrency:                  256 * 1024,
+		NoDefaultServerHeader:        true,
+		NoDefaultDate:                true,
+		NoDefaultContentType:         true,
+		CloseOnShutdown:              true,
+		ReduceMemoryUsage:            true, // a long stream does not pin its connection's read buffer
+		Logger:                       zapPrintf{log},
 	}
 	if s.relay = newRelay(s); s.relay != nil {
 		s.srv.KeepHijackedConns = true // the relay hands client connections back itself
 	}
 	return s, nil
+}
+
+// headerReceived sets the body's read timeout: long agentic bodies get longer than
+// headers. A Content-Length over --max-payload-size is refused without waiting for the
+// body: fasthttp (streaming request bodies) would first wait for 8 KiB of it, which a
+// client announcing 10 GB may never send; a short timeout ends that wait and
+// handleParseError, finding the request in tooLargeBodies, answers 413.
+func (s *Server) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+	if h.ContentLength() > s.cfg.MaxPayloadSize {
+		tooLargeBodies.Store(h, struct{}{})
+		return fasthttp.RequestConfig{ReadTimeout: time.Millisecond}
+	}
+	return fasthttp.RequestConfig{ReadTimeout: bodyReadTimeout}
+}
+
+// tooLargeBodies holds the headers of requests being refused for their Content-Length
+// until the handler or the error handler answers them (rare: a map is fine).
+var tooLargeBodies sync.Map
+
+// expect answers "Expect: 100-continue": 413 before any body byte when the announced
+// length is over the limit. fasthttp sends that answer without calling the handler, so
+// its JSON body is written here.
+func (s *Server) expect(ctx *fasthttp.RequestCtx) int {
+	if ctx.Request.Header.ContentLength() > s.cfg.MaxPayloadSize {
+		tooLargeBodies.Delete(&ctx.Request.Header)
+		writeError(ctx, fasthttp.StatusRequestEntityTooLarge, errBodyTooLarge.Error())
+		return fasthttp.StatusRequestEntityTooLarge
+	}
+	return fasthttp.StatusContinue
 }
 
 // headerReadTimeout bounds the arrival of a request's headers, so clients trickling

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -25,6 +26,8 @@ type streamConns struct {
 
 	mu   sync.Mutex
 	idle []*upstreamConn // oldest first
+
+	sent atomic.Int64 // requests sent: how tests tell the streamed path was taken
 }
 
 // upstreamConn is one worker connection of a streamConns.
@@ -145,6 +148,7 @@ func (p *streamConns) roundTrip(req *fasthttp.Request, hdr *fasthttp.ResponseHea
 	if err != nil {
 		return nil, nil, err
 	}
+	p.sent.Add(1)
 	for {
 		br, err := exchangeHead(uc, req, hdr, headerDeadline)
 		if err == nil {

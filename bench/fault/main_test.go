@@ -28,6 +28,10 @@ func TestMain(m *testing.M) {
 		goleak.IgnoreTopFunction("github.com/valyala/fasthttp.(*TCPDialer).tcpAddrsClean"),
 		// fasthttp's worker-pool cleaner outlives Server.Shutdown by up to 10 s, then ends.
 		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*workerPool).Start.func2"),
+		// The in-process simulators' fasthttp.Client (P/D KV claims) cleans its host
+		// clients and their idle connections on timers that end a few seconds after use.
+		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*Client).mCleaner"),
+		goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*HostClient).connsCleaner"),
 		goleak.Cleanup(func(code int) {
 			os.RemoveAll(dir)
 			os.Exit(code)
