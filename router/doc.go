@@ -22,22 +22,31 @@
 //     its first 64 KiB for what it scans and streams the rest from the client to the
 //     worker (body.go), so such a request is retried elsewhere only if nothing was sent.
 //     The answer to a "stream":false request with a Content-Length up to 1 MiB is read
-//     into the client's response (upstream.go's roundTrip decides from the header). Any
-//     other answer streams: an SSE or unknown-length body goes to the client through
-//     writeStream, flushed chunk by chunk as the worker sends it; a fixed-length body is
-//     pulled by fasthttp through the exchange's Read. Either way the worker's in-flight
-//     count lasts until the body ended.
-//     A client that leaves aborts the worker stream, which tells vLLM to stop generating.
-//  5. Timeouts: backend.go's timeoutConn bounds connect, the wait for the first response
+//     into the client's response (upstream.go's roundTrip decides from the header); a
+//     larger or unknown-length one streams through fasthttp (writeStream, or the
+//     exchange's Read for a fixed length).
+//  5. relay_linux.go — a request that asked for a stream ("stream":true, generate) goes
+//     out on one of the worker's stream connections (upstream_linux.go) and, once its
+//     head is read, the handler hijacks the client connection and hands both sockets to
+//     the relay: one goroutine serving an epoll set, so a quiet stream holds no
+//     goroutine or buffer. It undoes the worker's chunking and chunks again
+//     (chunked.go), writing each piece as it arrives; a client that stops reading gets
+//     backpressure, one that leaves (EPOLLRDHUP) closes the worker stream at once, which
+//     tells vLLM to stop generating. At the end the client connection returns to
+//     fasthttp (Server.ServeConn), the worker connection to its pool. HTTP/1.0 clients,
+//     and builds for other systems, take fasthttp's goroutine-per-stream path instead.
+//     Either way the worker's in-flight count lasts until the body ended.
+//  6. Timeouts: backend.go's timeoutConn bounds connect, the wait for the first response
 //     byte, and the idle gap between body chunks; --request-timeout-secs, when set, caps
-//     the whole request. fasthttp's ReadTimeout is never used on worker connections: it
-//     would cut a long stream.
-//  6. errors.go — statusFor is the one mapping from errors to HTTP statuses; every error
+//     the whole request. The relay enforces the same two on a sweep every tenth of the
+//     shortest. fasthttp's ReadTimeout is never used on worker connections: it would cut
+//     a long stream.
+//  7. errors.go — statusFor is the one mapping from errors to HTTP statuses; every error
 //     answer is a JSON body. Mid-stream failures become an in-band SSE error event and
 //     "data: [DONE]".
-//  7. pdproxy.go — in P/D mode chat, completions, generate and responses run prefill (the
+//  8. pdproxy.go — in P/D mode chat, completions, generate and responses run prefill (the
 //     pd package rewrites the body) and then stream decode like any other response.
-//  8. metrics.go — per-request series are resolved up front (atomic adds only on the hot
+//  9. metrics.go — per-request series are resolved up front (atomic adds only on the hot
 //     path); per-worker gauges are read from the pool when Prometheus scrapes.
 //
 // Health (package health) runs beside this: active checks push verdicts into the pool
