@@ -184,7 +184,7 @@ func (r *relay) lookup(slot, gen int32) *relayStream {
 		return nil
 	}
 	rs := r.streams[slot]
-	if rs == nil || rs.gen != gen || !rs.armed {
+	if rs == nil || rs.gen != gen {
 		return nil
 	}
 	return rs
@@ -197,7 +197,7 @@ func (r *relay) sweep(now time.Time) {
 	t := now.UnixNano()
 	r.mu.Lock()
 	for _, rs := range r.streams {
-		if rs != nil && rs.armed && (abort || (r.idle > 0 && t-rs.last > r.idle) || (rs.deadline > 0 && t > rs.deadline)) {
+		if rs != nil && (abort || (r.idle > 0 && t-rs.last > r.idle) || (rs.deadline > 0 && t > rs.deadline)) {
 			r.expired = append(r.expired, rs)
 		}
 	}
@@ -212,12 +212,11 @@ func (r *relay) sweep(now time.Time) {
 }
 
 // add registers a started stream's sockets; once it returns, only the relay goroutine
-// touches the stream. Both sockets join the set with no interest, the stream becomes
-// visible, and only then are their events switched on: an event can never reach a
-// stream the relay does not know yet, and none is lost (EPOLL_CTL_MOD reports what is
-// already ready).
+// touches the stream. The slot and both registrations happen under mu, which the relay
+// takes to look a stream up, so no event can reach a stream that is half registered.
 func (r *relay) add(rs *relayStream) error {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	var slot int32
 	if n := len(r.free); n > 0 {
 		slot = r.free[n-1]
@@ -227,31 +226,20 @@ func (r *relay) add(rs *relayStream) error {
 		r.streams = append(r.streams, nil)
 	}
 	r.gen++
-	gen, upFD, clientFD := r.gen, rs.up.fd, rs.clientFD
-	rs.slot, rs.gen, rs.registered = slot, gen, true
-	r.streams[slot] = rs
-	r.mu.Unlock()
-	quiet := syscall.EpollEvent{Events: epollET, Fd: gen, Pad: slot<<1 | sideWorker}
-	err := syscall.EpollCtl(r.epfd, syscall.EPOLL_CTL_ADD, upFD, &quiet)
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | epollET, Fd: r.gen, Pad: slot<<1 | sideWorker}
+	err := syscall.EpollCtl(r.epfd, syscall.EPOLL_CTL_ADD, rs.up.fd, &ev)
 	if err == nil {
-		quiet.Pad = slot<<1 | sideClient
-		if err = syscall.EpollCtl(r.epfd, syscall.EPOLL_CTL_ADD, clientFD, &quiet); err != nil {
-			_ = syscall.EpollCtl(r.epfd, syscall.EPOLL_CTL_DEL, upFD, nil)
+		ev = syscall.EpollEvent{Events: syscall.EPOLLRDHUP | epollET, Fd: r.gen, Pad: slot<<1 | sideClient}
+		if err = syscall.EpollCtl(r.epfd, syscall.EPOLL_CTL_ADD, rs.clientFD, &ev); err != nil {
+			_ = syscall.EpollCtl(r.epfd, syscall.EPOLL_CTL_DEL, rs.up.fd, nil)
 		}
 	}
 	if err != nil {
-		r.release(rs)
+		r.free = append(r.free, slot)
 		return err
 	}
-	r.mu.Lock()
-	rs.armed = true
-	r.mu.Unlock()
-	// From the first MOD on the relay may finish the stream: use only the copies above.
-	// A MOD on a socket the relay already removed fails harmlessly.
-	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | epollET, Fd: gen, Pad: slot<<1 | sideWorker}
-	_ = syscall.EpollCtl(r.epfd, syscall.EPOLL_CTL_MOD, upFD, &ev)
-	ev = syscall.EpollEvent{Events: syscall.EPOLLRDHUP | epollET, Fd: gen, Pad: slot<<1 | sideClient}
-	_ = syscall.EpollCtl(r.epfd, syscall.EPOLL_CTL_MOD, clientFD, &ev)
+	rs.slot, rs.gen, rs.registered = slot, r.gen, true
+	r.streams[slot] = rs
 	return nil
 }
 
@@ -277,7 +265,7 @@ func (r *relay) release(rs *relayStream) {
 	r.mu.Lock()
 	r.streams[rs.slot] = nil
 	r.free = append(r.free, rs.slot)
-	rs.registered, rs.armed = false, false
+	rs.registered = false
 	r.mu.Unlock()
 }
 
@@ -311,8 +299,7 @@ type relayStream struct {
 	ex *exchange
 
 	slot, gen  int32
-	registered bool // holds a slot
-	armed      bool // the relay sees its events (set under relay.mu)
+	registered bool // holds a slot (set under relay.mu)
 
 	// client side
 	client     net.Conn // handed back to fasthttp at the end: a *net.TCPConn or *prefixConn
@@ -370,7 +357,7 @@ func releaseRelayStream(rs *relayStream) {
 	}
 	rs.hdr.Reset()
 	rs.r, rs.ex, rs.client, rs.up, rs.pool, rs.br = nil, nil, nil, nil, nil, nil
-	rs.slot, rs.gen, rs.registered, rs.armed = 0, 0, false, false
+	rs.slot, rs.gen, rs.registered = 0, 0, false
 	rs.clientFD, rs.keepClient, rs.head, rs.pending = -1, false, rs.head[:0], rs.pending[:0]
 	rs.mode, rs.dec, rs.remain, rs.reusable, rs.workerReady = 0, chunkDecoder{}, 0, false, false
 	rs.last, rs.deadline = 0, 0

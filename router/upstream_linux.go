@@ -54,8 +54,10 @@ func newStreamConns(addr string, connect time.Duration) *streamConns {
 	return &streamConns{addr: addr, connect: connect}
 }
 
-// get returns an idle connection that is still open, or dials a new one.
-func (p *streamConns) get() (*upstreamConn, error) {
+// get returns an idle connection, or dials a new one. With check set it first makes sure
+// the worker has not closed the idle connection (a syscall): for a body that cannot be
+// sent twice. Otherwise a connection closed while idle is redialled after the fact.
+func (p *streamConns) get(check bool) (*upstreamConn, error) {
 	now := time.Now()
 	for {
 		p.mu.Lock()
@@ -68,7 +70,7 @@ func (p *streamConns) get() (*upstreamConn, error) {
 		p.idle[n-1] = nil
 		p.idle = p.idle[:n-1]
 		p.mu.Unlock()
-		if now.Sub(uc.since) < streamConnMaxIdle && idleConnAlive(uc.fd) {
+		if now.Sub(uc.since) < streamConnMaxIdle && (!check || idleConnAlive(uc.fd)) {
 			return uc, nil
 		}
 		uc.c.Close()
@@ -144,7 +146,7 @@ const upstreamReadBufferSize = 8 << 10
 // breaker decisions stay the same: a connection closed before any answer byte is
 // fasthttp.ErrConnectionClosed.
 func (p *streamConns) roundTrip(req *fasthttp.Request, hdr *fasthttp.ResponseHeader, headerDeadline time.Time) (*upstreamConn, *bufio.Reader, error) {
-	uc, err := p.get()
+	uc, err := p.get(req.IsBodyStream())
 	if err != nil {
 		return nil, nil, err
 	}
@@ -180,8 +182,10 @@ func exchangeHead(uc *upstreamConn, req *fasthttp.Request, hdr *fasthttp.Respons
 	if err != nil {
 		return nil, upstreamError(err)
 	}
-	if err := uc.c.SetReadDeadline(deadline); err != nil {
-		return nil, err
+	if !deadline.IsZero() {
+		if err := uc.c.SetReadDeadline(deadline); err != nil {
+			return nil, err
+		}
 	}
 	br, _ := upstreamReaderPool.Get().(*bufio.Reader)
 	if br == nil {
@@ -199,9 +203,11 @@ func exchangeHead(uc *upstreamConn, req *fasthttp.Request, hdr *fasthttp.Respons
 		}
 		// 1xx interim answers (100 Continue, 103 Early Hints) carry no body: skip them.
 	}
-	if err := uc.c.SetReadDeadline(time.Time{}); err != nil {
-		releaseUpstreamReader(br)
-		return nil, err
+	if !deadline.IsZero() {
+		if err := uc.c.SetReadDeadline(time.Time{}); err != nil {
+			releaseUpstreamReader(br)
+			return nil, err
+		}
 	}
 	return br, nil
 }
