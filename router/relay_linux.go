@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 	"go.uber.org/zap"
 
@@ -267,6 +268,18 @@ func (r *relay) release(rs *relayStream) {
 	r.free = append(r.free, rs.slot)
 	rs.registered = false
 	r.mu.Unlock()
+}
+
+// collectors export the relay's state, read at scrape time.
+func (r *relay) collectors() []prometheus.Collector {
+	return []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_relay_streams",
+			Help: "Streamed answers the relay is carrying (headers sent, body not ended)."},
+			func() float64 { return float64(r.active.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "switchyard_relay_client_stalls_total",
+			Help: "Writes a client's full socket held back: the relay stopped reading that stream's worker until the client read."},
+			func() float64 { return float64(r.stalls.Load()) }),
+	}
 }
 
 // beginDrain makes streams that end from now on close their client connections.

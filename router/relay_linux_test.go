@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -246,8 +247,8 @@ func TestRelayQuietStreamsHoldNoGoroutines(t *testing.T) {
 	if n := goroutinesIn("fasthttp.(*Server).serveConn", "router.(*exchange).writeStream", "router.(*Server).handle"); n > streams/10 {
 		t.Fatalf("%d goroutines serving connections or in the router with %d streams open: about one per stream", n, streams)
 	}
-	if got := srv.relay.active.Load(); got != streams {
-		t.Fatalf("relay has %d streams, want %d", got, streams)
+	if _, m := get(t, "http://"+srv.MetricsAddr()+"/metrics"); !strings.Contains(string(m), "\nswitchyard_relay_streams "+strconv.Itoa(streams)+"\n") {
+		t.Fatalf("metrics do not show %d relayed streams:\n%s", streams, m)
 	}
 	releaseOnce.Do(func() { close(release) })
 	for i, br := range readers {

@@ -5,6 +5,7 @@ package router
 import (
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 )
 
@@ -18,6 +19,7 @@ func newRelay(*Server) *relay                           { return nil }
 func (*relay) start()                                   {}
 func (*relay) beginDrain()                              {}
 func (*relay) drain(<-chan struct{})                    {}
+func (*relay) collectors() []prometheus.Collector       { return nil }
 func newStreamConns(string, time.Duration) *streamConns { return &streamConns{} }
 func (*streamConns) closeIdle()                         {}
 func (s *Server) relayable(*fasthttp.RequestCtx) bool   { return false }

@@ -160,6 +160,7 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 	}
 	if s.relay = newRelay(s); s.relay != nil {
 		s.srv.KeepHijackedConns = true // the relay hands client connections back itself
+		s.reg.MustRegister(s.relay.collectors()...)
 	}
 	return s, nil
 }
