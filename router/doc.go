@@ -33,9 +33,10 @@
 //     (chunked.go), writing each piece as it arrives; a client that stops reading gets
 //     backpressure, one that leaves (EPOLLRDHUP) closes the worker stream at once, which
 //     tells vLLM to stop generating. At the end the client connection returns to
-//     fasthttp (Server.ServeConn), the worker connection to its pool. HTTP/1.0 clients,
-//     and builds for other systems, take fasthttp's goroutine-per-stream path instead.
-//     Either way the worker's in-flight count lasts until the body ended.
+//     fasthttp (Server.ServeConn), the worker connection to its pool. An HTTP/1.0 client
+//     gets the bare payload and a closed connection at the end. Builds for other
+//     systems take fasthttp's goroutine-per-stream path instead. Either way the
+//     worker's in-flight count lasts until the body ended.
 //  6. Timeouts: backend.go's timeoutConn bounds connect, the wait for the first response
 //     byte, and the idle gap between body chunks; --request-timeout-secs, when set, caps
 //     the whole request. The relay enforces the same two on a sweep every tenth of the

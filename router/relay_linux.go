@@ -24,15 +24,16 @@ import (
 // to client once their headers are out. Every stream is two sockets and one small struct
 // in a single epoll set that one goroutine serves, so a quiet stream holds no goroutine,
 // no stack and no buffer: that is what lets 10 000 concurrent agentic streams fit in
-// about 100 MB. The epoll descriptor itself waits in Go's netpoller, so the relay parks
+// about 70 MB. The epoll descriptor itself waits in Go's netpoller, so the relay parks
 // like any goroutine when nothing is ready and wakes with the scheduler's own machinery.
 //
-// Hand-over (relay.go's forwardRelay, on the handler's goroutine): the request goes out
+// Hand-over (forwardRelay below, on the handler's goroutine): the request goes out
 // on a streamConns connection and the response head is read; the handler then hijacks
 // the client connection, fasthttp's goroutine returns, and the hijack callback (start)
 // writes the head with the body bytes that came with it and registers both sockets. At
 // the end the client connection goes back to fasthttp (ServeConn) for its next request
-// and the worker connection back to its pool.
+// and the worker connection back to its pool. HTTP/1.0 clients get the bare payload,
+// ended by closing their connection.
 type relay struct {
 	s    *Server
 	epfd int
@@ -318,6 +319,7 @@ type relayStream struct {
 	client     net.Conn // handed back to fasthttp at the end: a *net.TCPConn or *prefixConn
 	clientFD   int
 	keepClient bool   // the client may send another request on this connection
+	chunkedOut bool   // the client gets chunks (HTTP/1.1); else the bare payload
 	head       []byte // response head for the client (set by the handler), then the first bytes
 	pending    []byte // bytes the client's socket did not take yet
 
@@ -371,7 +373,7 @@ func releaseRelayStream(rs *relayStream) {
 	rs.hdr.Reset()
 	rs.r, rs.ex, rs.client, rs.up, rs.pool, rs.br = nil, nil, nil, nil, nil, nil
 	rs.slot, rs.gen, rs.registered = 0, 0, false
-	rs.clientFD, rs.keepClient, rs.head, rs.pending = -1, false, rs.head[:0], rs.pending[:0]
+	rs.clientFD, rs.keepClient, rs.chunkedOut, rs.head, rs.pending = -1, false, false, rs.head[:0], rs.pending[:0]
 	rs.mode, rs.dec, rs.remain, rs.reusable, rs.workerReady = 0, chunkDecoder{}, 0, false, false
 	rs.last, rs.deadline = 0, 0
 	rs.done, rs.endErr, rs.cutConn, rs.finished = false, nil, false, false
@@ -506,11 +508,14 @@ func (rs *relayStream) frame(dst, p []byte) ([]byte, error) {
 			ex.wrote = true
 			rs.r.s.metrics.route[ex.route].ttfb.Observe(time.Since(ex.dispatched).Seconds())
 		}
+		if !rs.chunkedOut {
+			return append(dst, payload...), nil
+		}
 		dst = appendChunkHeader(dst, len(payload))
 		dst = append(dst, payload...)
 		dst = append(dst, '\r', '\n')
 	}
-	if rs.done {
+	if rs.done && rs.chunkedOut {
 		dst = append(dst, "0\r\n\r\n"...)
 	}
 	return dst, nil
@@ -534,7 +539,10 @@ func (rs *relayStream) pump() {
 		case n == 0:
 			if rs.mode == bodyUntilClose {
 				rs.done, rs.reusable = true, false
-				r.out = append(r.out[:0], "0\r\n\r\n"...)
+				r.out = r.out[:0]
+				if rs.chunkedOut {
+					r.out = append(r.out, "0\r\n\r\n"...)
+				}
 				rs.write(r.out)
 				return
 			}
@@ -624,9 +632,12 @@ func (rs *relayStream) fail(err error) {
 		return
 	}
 	msg := streamErrorEvent(err)
-	out := appendChunkHeader(rs.r.out[:0], len(msg))
-	out = append(out, msg...)
-	out = append(out, "\r\n0\r\n\r\n"...)
+	out := append(rs.r.out[:0], msg...)
+	if rs.chunkedOut {
+		out = appendChunkHeader(rs.r.out[:0], len(msg))
+		out = append(out, msg...)
+		out = append(out, "\r\n0\r\n\r\n"...)
+	}
 	rs.r.out = out
 	if len(rs.pending) > 0 { // after what the client has not taken yet
 		rs.pending = append(rs.pending, out...)
@@ -697,11 +708,8 @@ func streamErrorEvent(err error) []byte {
 	return append(out, `,"type":"upstream_error","code":502}}`+"\n\ndata: [DONE]\n\n"...)
 }
 
-// relayable reports whether this request's streamed answer can go through the relay:
-// it needs the client's socket and HTTP/1.1 chunked framing.
-func (s *Server) relayable(ctx *fasthttp.RequestCtx) bool {
-	return s.relay != nil && ctx.Request.Header.IsHTTP11()
-}
+// relayable reports whether this request's streamed answer can go through the relay.
+func (s *Server) relayable(*fasthttp.RequestCtx) bool { return s.relay != nil }
 
 // forwardRelay is forward for a streamed answer: the request goes out on one of the
 // worker's stream connections, the response head is read here, and the body is left to
@@ -759,6 +767,13 @@ func (s *Server) forwardRelay(ctx *fasthttp.RequestCtx, ex *exchange, b *Backend
 	default: // until the worker closes: the client gets chunks
 		rs.mode = bodyUntilClose
 		ctx.Response.Header.SetContentLength(-1)
+	}
+	// An HTTP/1.0 client cannot take chunks: it gets the payload as is, ended by closing
+	// the connection.
+	rs.chunkedOut = ctx.Request.Header.IsHTTP11()
+	if !rs.chunkedOut && rs.mode != bodyLength {
+		ctx.Response.Header.SetContentLength(-2)
+		closeClient = true
 	}
 	rs.reusable = rs.mode != bodyUntilClose
 	ex.sse = isEventStream(rs.hdr.ContentType())

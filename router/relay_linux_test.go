@@ -302,3 +302,30 @@ func TestRelayTruncatedBodyShows(t *testing.T) {
 		t.Fatalf("got %q before the cut, want the worker's bytes", b)
 	}
 }
+
+// An HTTP/1.0 client cannot take chunks: it gets the bare events, ended by the router
+// closing the connection. (fasthttp's own streaming sent such a client chunk framing
+// inside an unchunked answer.)
+func TestRelayHTTP10ClientGetsBareStream(t *testing.T) {
+	w := newFakeWorker(t, "w0")
+	w.setHandler(sseHandler(3, 10*time.Millisecond))
+	srv := startRouter(t, "--worker-urls", w.URL, "--policy", "round_robin")
+	waitReady(t, srv)
+	c, err := net.Dial("tcp", srv.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, strings.Replace(streamReq, "HTTP/1.1", "HTTP/1.0", 1))
+	resp, body := readResponse(t, bufio.NewReader(c))
+	if resp.StatusCode != 200 || len(resp.TransferEncoding) > 0 || !resp.Close {
+		t.Fatalf("status %d, transfer-encoding %v, close %v: want 200, no chunks, connection closed", resp.StatusCode, resp.TransferEncoding, resp.Close)
+	}
+	if strings.Count(body, "data: ") != 4 || !strings.HasSuffix(body, "data: [DONE]\n\n") {
+		t.Fatalf("body %q: want 3 events and [DONE]", body)
+	}
+	if n := streamRequestsSent(srv); n != 1 {
+		t.Fatalf("%d requests took the relay's path, want 1", n)
+	}
+	waitFor(t, "in-flight back to 0", func() bool { return srv.pool.load().regular[0].InFlight() == 0 })
+}
