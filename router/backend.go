@@ -152,7 +152,7 @@ func newHostClient(base string, cfg *Config) *fasthttp.HostClient {
 		},
 		MaxConns:                  4096,
 		MaxConnWaitTimeout:        connect,
-		MaxIdleConnDuration:       90 * time.Second,
+		MaxIdleConnDuration:       workerConnMaxIdle,
 		ReadBufferSize:            8 << 10, // also the cap on a worker's response headers
 		WriteBufferSize:           4 << 10, // larger bodies bypass the buffer
 		MaxIdemponentCallAttempts: 1,       // the router decides what to retry
@@ -161,6 +161,13 @@ func newHostClient(base string, cfg *Config) *fasthttp.HostClient {
 		MaxResponseBodySize:       0,
 	}
 }
+
+// workerConnMaxIdle is how long an idle worker connection is kept, by the HostClient and
+// by the relay's stream connections alike. vLLM's server (uvicorn) closes keep-alive
+// connections after 5 s idle; a request sent on one it has closed fails before any
+// answer byte, and the router would retry it on another worker, breaking the session's
+// KV-cache affinity. So connections go a little before.
+const workerConnMaxIdle = 4 * time.Second
 
 // timeoutConn gives a worker connection the two timeouts fasthttp lacks: the wait for the
 // first response byte after a request was written, and the idle gap between later reads.

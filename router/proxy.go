@@ -296,12 +296,9 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, ex *exchange, b *Backend, req
 			body, rerr = readSmallBody(up, maxErrorBody)
 		}
 		if rerr == nil {
-			b.breaker.Record(health.Classify(status, body, nil))
-			b.end()
-			b.m.requests[ex.route][5].Inc()
-			if !last && !ex.upload.sent() && health.Retryable(status, nil, false) {
+			if err := s.answered(ex, b, status, body, !last && !ex.upload.sent()); err != nil {
 				s.releaseUpstream(ctx, up)
-				return &statusError{status: status}
+				return err
 			}
 			if streamed {
 				copyResponseHeader(&ctx.Response, up)
@@ -310,24 +307,16 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, ex *exchange, b *Backend, req
 			} else {
 				stripResponseHeader(&ctx.Response)
 			}
-			s.complete(ex, status)
 			return nil
 		}
 		// Too large to classify: pass it through like any other answer.
 	}
-	ex.b = b
 	if !streamed {
 		// The whole body is in ctx.Response already: the exchange ends here.
 		stripResponseHeader(&ctx.Response)
-		b.end()
-		b.breaker.Record(health.Classify(status, nil, nil))
-		s.metrics.route[ex.route].ttfb.Observe(time.Since(ex.dispatched).Seconds())
-		b.m.requests[ex.route][statusClass(status)].Inc()
-		ex.b = nil // counted above
-		s.complete(ex, status)
-		return nil
+		return s.answered(ex, b, status, nil, false)
 	}
-	ex.up = up
+	ex.b, ex.up = b, up
 	copyResponseHeader(&ctx.Response, up)
 	ex.sse = isEventStream(up.Header.ContentType())
 	cl := up.Header.ContentLength()
@@ -340,6 +329,21 @@ func (s *Server) forward(ctx *fasthttp.RequestCtx, ex *exchange, b *Backend, req
 	} else {
 		ctx.Response.SetBodyStream(ex, cl)
 	}
+	return nil
+}
+
+// answered settles a request whose whole answer is in hand: the worker's in-flight
+// count, breaker and counters, then the request's completion — or, when retry is set
+// and the answer is a retryable 5xx, a *statusError to try another worker instead.
+func (s *Server) answered(ex *exchange, b *Backend, status int, body []byte, retry bool) error {
+	b.end()
+	b.breaker.Record(health.Classify(status, body, nil))
+	b.m.requests[ex.route][statusClass(status)].Inc()
+	if retry && health.Retryable(status, nil, false) {
+		return &statusError{status: status}
+	}
+	s.metrics.route[ex.route].ttfb.Observe(time.Since(ex.dispatched).Seconds())
+	s.complete(ex, status)
 	return nil
 }
 
@@ -459,14 +463,31 @@ func (ex *exchange) writeStream(w *bufio.Writer) {
 
 // writeStreamError ends an event stream with an in-band error event and [DONE].
 func writeStreamError(w *bufio.Writer, err error) {
+	w.Write(streamErrorEvent(err))
+	w.Flush()
+}
+
+// streamErrorEvent is the in-band SSE error event and terminator for a failed stream.
+func streamErrorEvent(err error) []byte {
 	msg := "worker stream failed: " + err.Error()
 	if isTimeout(err) {
 		msg = "worker stream idle timeout: " + err.Error()
 	}
-	w.WriteString(`data: {"error":{"message":`)
-	w.Write(jsonString(msg))
-	w.WriteString(`,"type":"upstream_error","code":502}}` + "\n\ndata: [DONE]\n\n")
-	w.Flush()
+	out := append([]byte(`data: {"error":{"message":`), jsonString(msg)...)
+	return append(out, `,"type":"upstream_error","code":502}}`+"\n\ndata: [DONE]\n\n"...)
+}
+
+// streamOutcome is what a streamed answer's end means for the worker's breaker and the
+// request's recorded status: complete (the worker's status), the client left (499,
+// neutral for the worker), or the worker failed mid-body (0, a failure).
+func streamOutcome(err error, status int) (health.Outcome, int) {
+	switch {
+	case err == nil:
+		return health.Classify(status, nil, nil), status
+	case errors.Is(err, errClientGone):
+		return health.Neutral, 499
+	}
+	return health.Failure, 0
 }
 
 // endStream releases the worker side of the exchange: the stream (aborted when err is
@@ -474,15 +495,7 @@ func writeStreamError(w *bufio.Writer, err error) {
 // the breaker's outcome.
 func (ex *exchange) endStream(err error) {
 	b, up := ex.b, ex.up
-	var outcome health.Outcome
-	switch {
-	case err == nil:
-		outcome = health.Classify(up.StatusCode(), nil, nil)
-	case errors.Is(err, errClientGone):
-		outcome = health.Neutral
-	default:
-		outcome = health.Failure
-	}
+	outcome, _ := streamOutcome(err, up.StatusCode())
 	if err != nil {
 		if rc, ok := up.BodyStream().(fasthttp.ReadCloserWithError); ok {
 			_ = rc.CloseWithError(err)

@@ -675,16 +675,7 @@ func (rs *relayStream) end(err error) {
 			rs.client.Close()
 		}
 	}
-	status := rs.hdr.StatusCode()
-	var outcome health.Outcome
-	switch {
-	case err == nil:
-		outcome = health.Classify(status, nil, nil)
-	case errors.Is(err, errClientGone):
-		outcome, status = health.Neutral, 499
-	default:
-		outcome, status = health.Failure, 0
-	}
+	outcome, status := streamOutcome(err, rs.hdr.StatusCode())
 	b.breaker.Record(outcome)
 	b.end()
 	r.s.complete(ex, status)
@@ -696,16 +687,6 @@ func (rs *relayStream) end(err error) {
 		default:
 		}
 	}
-}
-
-// streamErrorEvent is the in-band SSE error event and terminator for a failed stream.
-func streamErrorEvent(err error) []byte {
-	msg := "worker stream failed: " + err.Error()
-	if isTimeout(err) {
-		msg = "worker stream idle timeout: " + err.Error()
-	}
-	out := append([]byte(`data: {"error":{"message":`), jsonString(msg)...)
-	return append(out, `,"type":"upstream_error","code":502}}`+"\n\ndata: [DONE]\n\n"...)
 }
 
 // relayable reports whether this request's streamed answer can go through the relay.
@@ -820,19 +801,15 @@ func (s *Server) answerFromHead(ctx *fasthttp.RequestCtx, ex *exchange, b *Backe
 	} else {
 		up.c.Close()
 	}
-	b.end()
 	if err != nil {
+		b.end()
 		b.breaker.Record(health.Failure)
 		b.m.requests[ex.route][0].Inc()
 		return err
 	}
-	b.breaker.Record(health.Classify(status, body, nil))
-	b.m.requests[ex.route][statusClass(status)].Inc()
-	if status >= 500 && !last && health.Retryable(status, nil, false) {
+	if err := s.answered(ex, b, status, body, !last && !ex.upload.sent()); err != nil {
 		ctx.Response.Reset()
-		return &statusError{status: status}
+		return err
 	}
-	s.metrics.route[ex.route].ttfb.Observe(time.Since(ex.dispatched).Seconds())
-	s.complete(ex, status)
 	return nil
 }

@@ -1,8 +1,10 @@
 package router
 
 import (
+	"bufio"
 	"errors"
 	"io"
+	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -17,6 +19,35 @@ func (s *Server) deadline(ex *exchange) time.Time {
 }
 
 var errTooManyInterim = errors.New("worker sent too many 1xx responses")
+
+// readResponseHead reads a worker's response head into hdr, skipping 1xx interim
+// answers (100 Continue, 103 Early Hints), which carry no body.
+func readResponseHead(br *bufio.Reader, hdr *fasthttp.ResponseHeader) error {
+	for n := 0; ; n++ {
+		if err := hdr.Read(br); err != nil {
+			return err
+		}
+		if st := hdr.StatusCode(); st < 100 || st > 199 || st == fasthttp.StatusSwitchingProtocols {
+			return nil
+		}
+		if n >= 100 {
+			return errTooManyInterim
+		}
+	}
+}
+
+// workerConnError gives a failed request write or response-head read the shape
+// HostClient.Do gives it, so retry and breaker decisions do not depend on the path: a
+// timeout is ErrTimeout, the worker closing before any answer byte ErrConnectionClosed.
+func workerConnError(err error) error {
+	switch {
+	case isTimeout(err):
+		return fasthttp.ErrTimeout
+	case errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return fasthttp.ErrConnectionClosed
+	}
+	return err
+}
 
 // roundTrip sends req to the worker and reads the answer's header into resp, then
 // decides from it: a body of known length up to bufferMax is read into resp, as
@@ -64,28 +95,14 @@ func roundTrip(hc *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Re
 	hc.ReleaseWriter(bw)
 	if err != nil {
 		hc.CloseConn(cc)
-		if t, ok := err.(interface{ Timeout() bool }); ok && t.Timeout() {
-			err = fasthttp.ErrTimeout
-		}
-		return resp, err
+		return resp, workerConnError(err)
 	}
 
 	if req.Header.IsHead() {
 		resp.SkipBody = true
 	}
 	br := hc.AcquireReader(conn)
-	for n := 0; ; n++ {
-		if err = resp.Header.Read(br); err != nil {
-			break
-		}
-		if st := resp.StatusCode(); st < 100 || st > 199 || st == fasthttp.StatusSwitchingProtocols {
-			break
-		}
-		if n >= 100 {
-			err = errTooManyInterim
-			break
-		}
-	}
+	err = readResponseHead(br, &resp.Header)
 	cl := resp.Header.ContentLength()
 	st := resp.StatusCode()
 	noBody := resp.SkipBody || st < 200 || st == fasthttp.StatusNoContent || st == fasthttp.StatusNotModified
@@ -104,10 +121,7 @@ func roundTrip(hc *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Re
 	if err != nil {
 		hc.ReleaseReader(br)
 		hc.CloseConn(cc)
-		if err == io.EOF {
-			err = fasthttp.ErrConnectionClosed // as Do
-		}
-		return resp, err
+		return resp, workerConnError(err)
 	}
 
 	// Too large to hold: fasthttp's own body reader over the connection (held by hold),

@@ -5,7 +5,6 @@ package router
 import (
 	"bufio"
 	"errors"
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -38,14 +37,8 @@ type upstreamConn struct {
 	since time.Time // when it went idle
 }
 
-const (
-	// streamConnMaxIdle is how long an idle worker connection is kept. vLLM's server
-	// (uvicorn) closes keep-alive connections after 5 s idle; reusing one it is closing
-	// costs a redial, so connections are dropped a little before.
-	streamConnMaxIdle = 4 * time.Second
-	// streamConnMaxIdleCount bounds the idle connections kept per worker.
-	streamConnMaxIdleCount = 1024
-)
+// streamConnMaxIdleCount bounds the idle stream connections kept per worker.
+const streamConnMaxIdleCount = 1024
 
 func newStreamConns(addr string, connect time.Duration) *streamConns {
 	if connect <= 0 {
@@ -70,7 +63,7 @@ func (p *streamConns) get(check bool) (*upstreamConn, error) {
 		p.idle[n-1] = nil
 		p.idle = p.idle[:n-1]
 		p.mu.Unlock()
-		if now.Sub(uc.since) < streamConnMaxIdle && (!check || idleConnAlive(uc.fd)) {
+		if now.Sub(uc.since) < workerConnMaxIdle && (!check || idleConnAlive(uc.fd)) {
 			return uc, nil
 		}
 		uc.c.Close()
@@ -82,7 +75,7 @@ func (p *streamConns) put(uc *upstreamConn) {
 	uc.used, uc.since = true, time.Now()
 	p.mu.Lock()
 	var drop []*upstreamConn
-	for len(p.idle) > 0 && (len(p.idle) >= streamConnMaxIdleCount || uc.since.Sub(p.idle[0].since) >= streamConnMaxIdle) {
+	for len(p.idle) > 0 && (len(p.idle) >= streamConnMaxIdleCount || uc.since.Sub(p.idle[0].since) >= workerConnMaxIdle) {
 		drop = append(drop, p.idle[0])
 		p.idle[0] = nil
 		p.idle = p.idle[1:]
@@ -180,7 +173,7 @@ func exchangeHead(uc *upstreamConn, req *fasthttp.Request, hdr *fasthttp.Respons
 	bw.Reset(nil)
 	upstreamWriterPool.Put(bw)
 	if err != nil {
-		return nil, upstreamError(err)
+		return nil, workerConnError(err)
 	}
 	if !deadline.IsZero() {
 		if err := uc.c.SetReadDeadline(deadline); err != nil {
@@ -193,15 +186,9 @@ func exchangeHead(uc *upstreamConn, req *fasthttp.Request, hdr *fasthttp.Respons
 	} else {
 		br.Reset(uc.c)
 	}
-	for {
-		if err = hdr.Read(br); err != nil {
-			releaseUpstreamReader(br)
-			return nil, upstreamError(err)
-		}
-		if sc := hdr.StatusCode(); sc >= 200 || sc == fasthttp.StatusSwitchingProtocols {
-			break
-		}
-		// 1xx interim answers (100 Continue, 103 Early Hints) carry no body: skip them.
+	if err = readResponseHead(br, hdr); err != nil {
+		releaseUpstreamReader(br)
+		return nil, workerConnError(err)
 	}
 	if !deadline.IsZero() {
 		if err := uc.c.SetReadDeadline(time.Time{}); err != nil {
@@ -215,13 +202,4 @@ func exchangeHead(uc *upstreamConn, req *fasthttp.Request, hdr *fasthttp.Respons
 func releaseUpstreamReader(br *bufio.Reader) {
 	br.Reset(nil)
 	upstreamReaderPool.Put(br)
-}
-
-// upstreamError maps a failed write or response-head read to the HostClient's errors:
-// the worker closing before answering is ErrConnectionClosed; timeouts stay timeouts.
-func upstreamError(err error) error {
-	if !isTimeout(err) && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)) {
-		return fasthttp.ErrConnectionClosed
-	}
-	return err
 }
